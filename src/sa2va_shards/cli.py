@@ -1,0 +1,156 @@
+"""`sa2va-shards`: the one CLI. A thin layer: parse, call the library, print.
+
+`build` and `demo` reach Ray through one lazy import of `pipeline.build`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import sys
+from pathlib import Path
+
+from sa2va_shards.config import load_config, parse_config
+from sa2va_shards.errors import ConfigError
+
+__all__ = ["main"]
+
+
+def _summary_line(counts: dict) -> str:
+    reasons = ", ".join(f"{r} {n}" for r, n in counts["rejected_by_reason"].items())
+    line = (f"read {counts['read']} = written {counts['written']} + rejected "
+            f"{counts['rejected']}" + (f" ({reasons})" if reasons else ""))
+    drops = ", ".join(f"{r} {n}" for r, n in counts["objects_dropped_by_reason"].items())
+    line += (f"\nobjects: written {counts['objects_written']} (K = 0: "
+             f"{counts['objects_k_zero']}), dropped {counts['objects_dropped']}"
+             + (f" ({drops})" if drops else ""))
+    return line
+
+
+def _run_build(cfg, args):
+    from pipeline.build import run_build  # the only way into Ray
+
+    result = run_build(cfg, address=args.address, num_cpus=args.num_cpus,
+                       runner="serial" if args.serial else "ray", resume=not args.no_resume)
+    if result.reused:
+        print(f"version {result.version} already built at {result.build_dir}: nothing to do")
+    else:
+        extra = f" (resumed {result.resumed_shards} finished shards)" if result.resumed_shards else ""
+        print(f"built {result.build_dir} version {result.version}{extra} in "
+              f"{result.timings['total_s']:.1f} s")
+    print(_summary_line(result.counts))
+    return result
+
+
+def cmd_build(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config)
+    if args.out:
+        cfg = dataclasses.replace(cfg, out=args.out)
+    _run_build(cfg, args)
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from sa2va_shards.readers import synth_dataset
+    from sa2va_shards.verify import verify_build
+    from sa2va_shards.viz import render_overlay
+
+    out = Path(args.out)
+    raw = synth_dataset("coco", out / "raw" / "coco", n_items=args.n, seed=0,
+                        faults=("corrupt_image", "missing_image", "size_mismatch", "bad_rle",
+                                "no_objects", "empty_mask"))
+    cfg = parse_config({"dataset": "demo_coco", "reader": {"format": "coco", "root": str(raw)},
+                        "shards": {"samples_per_shard": 16}, "out": str(out / "shards")})
+    print(f"synthesised a COCO-style raw set at {raw}")
+    build_dir = _run_build(cfg, args).build_dir
+    report = verify_build(build_dir)
+    print(f"verify: {report.shards} shards, {report.samples} samples, "
+          + ("OK" if report.ok else f"{len(report.problems)} problems"))
+    for p in report.problems:
+        print("  " + p)
+    png = render_overlay(build_dir, out / "overlay.png")
+    print(f"shards:  {build_dir / 'shards'}\noverlay: {png}")
+    return 0 if report.ok else 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from sa2va_shards.verify import verify_build
+
+    report = verify_build(args.dir, deep=not args.shallow)
+    for p in report.problems:
+        print(p)
+    status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
+    print(f"{report.build_dir}: {report.shards} shards, {report.samples} samples: {status}")
+    return 0 if report.ok else 1
+
+
+def cmd_inspect(args: argparse.Namespace) -> int:
+    from sa2va_shards.viz import render_overlay
+
+    print(render_overlay(args.dir, args.out, key=args.key))
+    return 0
+
+
+def cmd_synth(args: argparse.Namespace) -> int:
+    from sa2va_shards.readers import synth_dataset
+
+    root = synth_dataset(args.format, Path(args.out), n_items=args.n, seed=args.seed,
+                         faults=tuple(args.faults))
+    print(root)
+    return 0
+
+
+def _runtime_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
+    p.add_argument("--num-cpus", type=int, help="CPUs for the local Ray")
+    p.add_argument("--serial", action="store_true", help="run in-process, no Ray (debugging)")
+    p.add_argument("--no-resume", action="store_true", help="rebuild shards a crashed run left")
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="sa2va-shards", description=__doc__.splitlines()[0])
+    ap.add_argument("-v", "--verbose", action="store_true")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("build", help="build a dataset version from a YAML config")
+    p.add_argument("config")
+    p.add_argument("--out", help="output root (overrides the config's `out`)")
+    _runtime_flags(p)
+    p.set_defaults(fn=cmd_build)
+    p = sub.add_parser("demo", help="synthesise raw data, build, verify, render an overlay")
+    p.add_argument("--out", default="demo-out")
+    p.add_argument("--n", type=int, default=48, help="good images to synthesise")
+    _runtime_flags(p)
+    p.set_defaults(fn=cmd_demo)
+    p = sub.add_parser("verify", help="re-hash shards and re-derive prompt masks and K")
+    p.add_argument("dir")
+    p.add_argument("--shallow", action="store_true", help="hashes and counts only")
+    p.set_defaults(fn=cmd_verify)
+    p = sub.add_parser("inspect", help="render a sample overlay PNG")
+    p.add_argument("dir")
+    p.add_argument("--key")
+    p.add_argument("--out", default="overlay.png")
+    p.set_defaults(fn=cmd_inspect)
+    p = sub.add_parser("synth", help="write a small raw dataset in a real format")
+    p.add_argument("format")
+    p.add_argument("out")
+    p.add_argument("--n", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--faults", nargs="*", default=[])
+    p.set_defaults(fn=cmd_synth)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.fn(args)
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,204 @@
+"""Build configuration: YAML in, frozen dataclasses out, strictly checked.
+
+The grid (16), tokens per image (256) and image sizes (1024, 448) are derived here and nowhere
+else. CLI flags override only runtime settings (out dir, Ray address, CPUs), never semantics, so
+the YAML plus the input fingerprint fully determine a build's version.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, get_args, get_type_hints
+
+import yaml
+
+from sa2va_shards.errors import ConfigError
+
+__all__ = [
+    "BuildConfig",
+    "ImageConfig",
+    "MaskConfig",
+    "ReaderConfig",
+    "ShardConfig",
+    "VisionConfig",
+    "K_ZERO_POLICIES",
+    "load_config",
+    "parse_config",
+]
+
+Interpolation = Literal["bicubic", "bilinear"]
+ResizeBackend = Literal["torch", "pillow"]
+KZeroPolicy = Literal["keep", "drop_object", "drop_sample", "fallback_any"]
+K_ZERO_POLICIES: tuple[str, ...] = get_args(KZeroPolicy)
+
+
+@dataclass(frozen=True, kw_only=True)
+class VisionConfig:
+    """InternVL geometry; the prompt-mask grid follows from it."""
+
+    #: InternVL tile side (the thumbnail the 16x16 grid describes).
+    image_size: int = 448
+    #: ViT patch size.
+    patch_size: int = 14
+    #: pixel-shuffle factor.
+    downsample_ratio: float = 0.5
+
+    @property
+    def grid(self) -> int:
+        """Side of the vision-token grid: 448 // 14 * 0.5 = 16."""
+        return int(self.image_size // self.patch_size * self.downsample_ratio)
+
+    @property
+    def tokens_per_image(self) -> int:
+        """`<IMG_CONTEXT>` tokens per 448 tile: grid ** 2 = 256."""
+        return self.grid**2
+
+
+@dataclass(frozen=True, kw_only=True)
+class ImageConfig:
+    """How the SAM2 input image is made."""
+
+    #: square side of the stored image and masks (SAM2 DirectResize).
+    size: int = 1024
+    #: antialiased Pillow-style kernel.
+    interpolation: Interpolation = "bicubic"
+    #: torch uint8 antialias (fast; bilinear bit-identical to Pillow, bicubic within 1 LSB on
+    #: ~0.1% of values) or Pillow itself (exact Pillow output, ~5x slower).
+    resize_backend: ResizeBackend = "torch"
+    #: JPEG quality of the stored 1024 image.
+    jpeg_quality: int = 95
+    #: images with more pixels are rejected (decompression-bomb guard).
+    max_pixels: int = 100_000_000
+
+
+@dataclass(frozen=True, kw_only=True)
+class MaskConfig:
+    """What happens to objects whose prompt mask is empty (K = 0)."""
+
+    k_zero: KZeroPolicy = "keep"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardConfig:
+    """Shard sizing; changes membership, so it is part of the version."""
+
+    samples_per_shard: int = 256
+    #: consecutive unexpected (non-data) errors after which a shard job aborts.
+    max_consecutive_unexpected: int = 100
+
+
+@dataclass(frozen=True, kw_only=True)
+class ReaderConfig:
+    """Which raw dataset to read; `options` go to the reader's own dataclass."""
+
+    format: str
+    root: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class BuildConfig:
+    """Everything a build needs; `semantic_dict()` is what the version hashes."""
+
+    dataset: str
+    reader: ReaderConfig
+    image: ImageConfig = field(default_factory=ImageConfig)
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    masks: MaskConfig = field(default_factory=MaskConfig)
+    shards: ShardConfig = field(default_factory=ShardConfig)
+    #: output root; the build goes to <out>/<dataset>/<version>/.
+    out: str = "out"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The resolved config (defaults filled in), as plain data."""
+        return dataclasses.asdict(self)
+
+    def semantic_dict(self) -> dict[str, Any]:
+        """The resolved config minus where things live (root, out): the version's config part."""
+        d = self.to_dict()
+        d.pop("out")
+        d["reader"].pop("root")
+        return d
+
+
+def _check_keys(cls: type, data: dict[str, Any], path: str) -> None:
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in data:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(names)}"
+            raise ConfigError(f"{path}{key}: unknown key{hint}")
+
+
+def _check_type(value: Any, hint: Any, path: str) -> Any:
+    choices = get_args(hint) if getattr(hint, "__origin__", None) is Literal else None
+    if choices:
+        if value not in choices:
+            raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(str, choices))}")
+        return value
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    base = getattr(hint, "__origin__", hint)
+    if isinstance(base, type) and not isinstance(value, base) or isinstance(value, bool) and base is int:
+        raise ConfigError(f"{path}: expected {getattr(base, '__name__', base)}, got {value!r}")
+    return value
+
+
+def _build(cls: type, data: Any, path: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    _check_keys(cls, data, path)
+    hints = get_type_hints(cls)
+    kwargs = {}
+    for f in dataclasses.fields(cls):
+        if f.name not in data:
+            continue
+        hint = hints[f.name]
+        if dataclasses.is_dataclass(hint):
+            kwargs[f.name] = _build(hint, data[f.name], f"{path}{f.name}.")
+        else:
+            kwargs[f.name] = _check_type(data[f.name], hint, f"{path}{f.name}")
+    try:
+        return cls(**kwargs)
+    except TypeError as e:  # a required key is missing
+        raise ConfigError(f"{path.rstrip('.') or 'config'}: {e}") from e
+
+
+def _validate(cfg: BuildConfig) -> None:
+    if cfg.vision.grid < 1:
+        raise ConfigError(f"vision: grid {cfg.vision.grid} < 1 from {cfg.vision}")
+    if not 1 <= cfg.image.jpeg_quality <= 100:
+        raise ConfigError(f"image.jpeg_quality: {cfg.image.jpeg_quality} not in [1, 100]")
+    if cfg.image.size < cfg.vision.grid:
+        raise ConfigError(f"image.size: {cfg.image.size} smaller than the grid {cfg.vision.grid}")
+    if cfg.shards.samples_per_shard < 1:
+        raise ConfigError("shards.samples_per_shard: must be >= 1")
+    if not cfg.dataset.replace("_", "").replace("-", "").isalnum():
+        raise ConfigError(f"dataset: {cfg.dataset!r} must be letters, digits, '_' or '-'")
+
+
+def parse_config(data: dict[str, Any], *, base_dir: Path | None = None) -> BuildConfig:
+    """Build a `BuildConfig` from plain data; relative `reader.root` resolves against `base_dir`.
+
+    Raises:
+        ConfigError: on an unknown key (with a suggestion), a wrong type or a bad value.
+    """
+    cfg = _build(BuildConfig, data, "")
+    if base_dir is not None and not Path(cfg.reader.root).is_absolute():
+        root = str((base_dir / cfg.reader.root).resolve())
+        cfg = dataclasses.replace(cfg, reader=dataclasses.replace(cfg.reader, root=root))
+    _validate(cfg)
+    return cfg
+
+
+def load_config(path: str | Path) -> BuildConfig:
+    """Load a YAML build config strictly (see `parse_config`)."""
+    path = Path(path)
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: cannot read config: {e}") from e
+    return parse_config(data or {}, base_dir=path.parent)

@@ -1,0 +1,68 @@
+"""Reject reasons and the exceptions that carry them.
+
+Readers and kernels raise `SampleError`; the one catch boundary (per sample, in `shard.py`)
+turns it into a reject row. Reason values are the stable codes stored in rejects.parquet.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+__all__ = ["ConfigError", "Level", "Reason", "SampleError", "SYSTEM_EXCEPTIONS"]
+
+
+class Reason(str, Enum):
+    """Why an input sample (or one object of it) was not written."""
+
+    MISSING_IMAGE = "missing_image"
+    CORRUPT_IMAGE = "corrupt_image"
+    IMAGE_TOO_LARGE = "image_too_large"
+    MASK_SIZE_MISMATCH = "mask_size_mismatch"
+    BAD_SEGMENTATION = "bad_segmentation"
+    BAD_ANNOTATION = "bad_annotation"
+    UNSAFE_PICKLE = "unsafe_pickle"
+    DUPLICATE_ID = "duplicate_id"
+    NO_OBJECTS = "no_objects"
+    EMPTY_MASK = "empty_mask"
+    K_ZERO = "k_zero"
+    CORRUPT_VIDEO = "corrupt_video"
+    UNEXPECTED = "unexpected_error"
+
+
+class Level(str, Enum):
+    """A reject row is about a whole input sample or about one object inside a written sample."""
+
+    SAMPLE = "sample"
+    OBJECT = "object"
+
+
+class SampleError(Exception):
+    """A per-input problem: the sample is rejected with `reason`, the build goes on."""
+
+    def __init__(self, reason: Reason, detail: str, *, stage: str = "read") -> None:
+        super().__init__(f"{reason.value}: {detail}")
+        self.reason = reason
+        self.detail = detail
+        self.stage = stage
+
+    def __reduce__(self):  # keep the keyword-only stage across pickling (Ray)
+        return (_make_sample_error, (self.reason, self.detail, self.stage))
+
+
+def _make_sample_error(reason: Reason, detail: str, stage: str) -> SampleError:
+    return SampleError(reason, detail, stage=stage)
+
+
+class ConfigError(ValueError):
+    """The whole build cannot proceed (bad config, missing annotation file, wrong root)."""
+
+
+#: Never turned into reject rows: they mean broken code or a broken machine, not bad data.
+SYSTEM_EXCEPTIONS: tuple[type[BaseException], ...] = (
+    MemoryError,
+    ImportError,
+    NameError,
+    SyntaxError,
+    SystemError,
+    KeyboardInterrupt,
+)

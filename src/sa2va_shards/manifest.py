@@ -1,0 +1,176 @@
+"""Manifests and versions: parquet tables, the dataset card, fingerprints, progress sidecars.
+
+Layout of one build (DESIGN.md section 4):
+    <out>/<dataset>/<version>/shards/*.tar, samples.parquet, shards.parquet, rejects.parquet,
+    dataset.json (written last: its presence means the build is complete).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from sa2va_shards.config import BuildConfig
+from sa2va_shards.records import (
+    ItemRef,
+    RejectRecord,
+    SampleRecord,
+    ShardRecord,
+    ShardResult,
+)
+from sa2va_shards.schema import SCHEMA_VERSION
+
+__all__ = [
+    "CARD",
+    "REJECT_SCHEMA",
+    "SAMPLE_SCHEMA",
+    "SHARD_SCHEMA",
+    "count_summary",
+    "file_sha256",
+    "input_fingerprint",
+    "load_progress",
+    "read_card",
+    "save_progress",
+    "version_id",
+    "write_card",
+    "write_tables",
+]
+
+CARD = "dataset.json"
+PROGRESS_DIR = ".progress"
+
+SAMPLE_SCHEMA = pa.schema([
+    ("key", pa.string()), ("shard", pa.string()), ("source_id", pa.string()),
+    ("n_obj", pa.int32()), ("k", pa.list_(pa.int32())), ("k_zero", pa.int32()),
+    ("height", pa.int32()), ("width", pa.int32()), ("sha256", pa.string()),
+])
+SHARD_SCHEMA = pa.schema([
+    ("file", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64()), ("sha256", pa.string()),
+])
+REJECT_SCHEMA = pa.schema([
+    ("source_id", pa.string()), ("level", pa.string()), ("object_id", pa.string()),
+    ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
+    ("shard", pa.string()),
+])
+
+
+def file_sha256(path: Path) -> str:
+    """sha256 of a file, read in 1 MiB chunks."""
+    sha = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            sha.update(chunk)
+    return sha.hexdigest()
+
+
+def _canonical(obj: Any) -> bytes:
+    return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
+
+
+def input_fingerprint(items: Iterable[ItemRef]) -> str:
+    """sha256 over the sorted light index (ids, file names, annotations).
+
+    Pixels are not read here (that would mean reading the whole dataset twice); the shards'
+    own sha256s pin the pixels of a built version.
+    """
+    sha = hashlib.sha256()
+    for item in sorted(items, key=lambda r: r.source_id):
+        sha.update(_canonical([item.source_id, item.data]) + b"\n")
+    return sha.hexdigest()
+
+
+def version_id(cfg: BuildConfig, fingerprint: str) -> str:
+    """Short content hash of (resolved semantic config, input fingerprint, schema version)."""
+    payload = {"config": cfg.semantic_dict(), "input": fingerprint, "schema": SCHEMA_VERSION}
+    return "v" + hashlib.sha256(_canonical(payload)).hexdigest()[:12]
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def save_progress(build_dir: Path, result: ShardResult) -> None:
+    """Record a finished shard's result next to the build, for resume."""
+    d = build_dir / PROGRESS_DIR
+    d.mkdir(parents=True, exist_ok=True)
+    _atomic_write(d / f"{result.shard.file}.json", _canonical(dataclasses.asdict(result)))
+
+
+def load_progress(build_dir: Path, shard_file: str) -> ShardResult | None:
+    """The saved result of a shard whose tar still matches its recorded sha256, else None."""
+    side, tar = build_dir / PROGRESS_DIR / f"{shard_file}.json", build_dir / "shards" / shard_file
+    if not side.exists() or not tar.exists():
+        return None
+    try:
+        d = json.loads(side.read_text())
+        result = ShardResult(
+            shard=ShardRecord(**d["shard"]), samples=[SampleRecord(**s) for s in d["samples"]],
+            rejects=[RejectRecord(**r) for r in d["rejects"]], read=d["read"],
+            seconds=d["seconds"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if file_sha256(tar) != result.shard.sha256:
+        return None
+    return result
+
+
+def _table(records: Sequence[Any], schema: pa.Schema) -> pa.Table:
+    rows = [dataclasses.asdict(r) for r in records]
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def write_tables(build_dir: Path, results: Sequence[ShardResult],
+                 plan_rejects: Sequence[RejectRecord]) -> None:
+    """Write samples/shards/rejects.parquet from results in shard order (deterministic)."""
+    ordered = sorted(results, key=lambda r: r.shard.file)
+    tables = {
+        "samples.parquet": _table([s for r in ordered for s in r.samples], SAMPLE_SCHEMA),
+        "shards.parquet": _table([r.shard for r in ordered], SHARD_SCHEMA),
+        "rejects.parquet": _table([*plan_rejects, *(x for r in ordered for x in r.rejects)],
+                                  REJECT_SCHEMA),
+    }
+    for name, table in tables.items():
+        tmp = build_dir / f"{name}.tmp"
+        pq.write_table(table, tmp)
+        os.replace(tmp, build_dir / name)
+
+
+def count_summary(results: Sequence[ShardResult], plan_rejects: Sequence[RejectRecord]) -> dict:
+    """read / written / rejected, reasons, object drops and the K histogram."""
+    rejects = [*plan_rejects, *(x for r in results for x in r.rejects)]
+    sample_rejects = [x for x in rejects if x.level == "sample"]
+    object_rejects = [x for x in rejects if x.level == "object"]
+    ks = [k for r in results for s in r.samples for k in s.k]
+    return {
+        "read": sum(r.read for r in results) + len(plan_rejects),
+        "written": sum(len(r.samples) for r in results),
+        "rejected": len(sample_rejects),
+        "rejected_by_reason": dict(sorted(Counter(x.reason for x in sample_rejects).items())),
+        "objects_written": len(ks),
+        "objects_dropped": len(object_rejects),
+        "objects_dropped_by_reason": dict(sorted(Counter(x.reason for x in object_rejects).items())),
+        "objects_k_zero": sum(k == 0 for k in ks),
+        "k_histogram": {str(k): n for k, n in sorted(Counter(ks).items())},
+        "shards": len(results),
+    }
+
+
+def write_card(build_dir: Path, card: dict[str, Any]) -> None:
+    """Write dataset.json last, atomically: the commit marker of a complete build."""
+    _atomic_write(build_dir / CARD, json.dumps(card, indent=2, sort_keys=True).encode())
+
+
+def read_card(build_dir: Path) -> dict[str, Any]:
+    """Read a build's dataset.json."""
+    return json.loads((Path(build_dir) / CARD).read_text())

@@ -1,0 +1,32 @@
+"""Pure kernels: no I/O, no config objects, no logging; arrays in, new arrays out."""
+
+from sa2va_shards.ops.image import decode_image, encode_jpeg, encode_png, resize_image, to_rgb
+from sa2va_shards.ops.masks import (
+    cell_coverage,
+    count_k,
+    fallback_any,
+    nearest_indices,
+    pool_masks,
+    resize_masks,
+    select_masks,
+)
+from sa2va_shards.ops.rle import decode_segmentations, rle_decode, rle_encode, segmentation_to_rle
+
+__all__ = [
+    "cell_coverage",
+    "count_k",
+    "decode_image",
+    "decode_segmentations",
+    "encode_jpeg",
+    "encode_png",
+    "fallback_any",
+    "nearest_indices",
+    "pool_masks",
+    "resize_image",
+    "resize_masks",
+    "rle_decode",
+    "select_masks",
+    "rle_encode",
+    "segmentation_to_rle",
+    "to_rgb",
+]

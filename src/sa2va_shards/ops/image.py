@@ -1,0 +1,113 @@
+"""Image kernels: decode any Pillow mode to RGB, square resize, JPEG encode.
+
+EXIF orientation is never applied: annotations are in stored-pixel coordinates and Sa2VA's
+training code (`Image.open(...).convert('RGB')`) ignores EXIF too.
+"""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+from PIL import Image
+
+from sa2va_shards.errors import Reason, SampleError
+
+__all__ = ["decode_image", "encode_jpeg", "encode_png", "resize_image", "to_rgb"]
+
+_SIXTEEN_BIT = ("I;16", "I;16L", "I;16B", "I;16N")
+
+
+def to_rgb(img: Image.Image) -> np.ndarray:
+    """Convert any Pillow image to (H, W, 3) uint8 RGB.
+
+    Alpha is dropped (not composited), as `convert('RGB')` does. 16-bit and 32-bit integer
+    grayscale are scaled to 8 bits by their top byte instead of Pillow's clipping, which would
+    turn most of a 16-bit image white; float images are clipped to [0, 255].
+    """
+    if img.mode in _SIXTEEN_BIT or img.mode == "I":
+        a = np.asarray(img).astype(np.int64)
+        gray = (np.clip(a, 0, 65535) >> 8).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode == "F":
+        gray = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
+        return np.repeat(gray[:, :, None], 3, axis=2)
+    if img.mode != "RGB":
+        img = img.convert("RGB")
+    return np.asarray(img)
+
+
+def decode_image(data: bytes, *, max_pixels: int, name: str = "image") -> np.ndarray:
+    """Decode encoded image bytes to (H, W, 3) uint8 RGB, checking the pixel budget first.
+
+    Raises:
+        SampleError: `corrupt_image` if Pillow cannot decode it, `image_too_large` above
+            `max_pixels` (checked from the header, before any pixel is decoded).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img = Image.open(io.BytesIO(data))
+            w, h = img.size
+            if w * h > max_pixels:
+                raise SampleError(
+                    Reason.IMAGE_TOO_LARGE, f"{name}: {w}x{h} over max_pixels={max_pixels}"
+                )
+            img.load()
+        return to_rgb(img)
+    except SampleError:
+        raise
+    except Image.UnidentifiedImageError as e:  # its message holds a memory address
+        raise SampleError(Reason.CORRUPT_IMAGE, f"{name}: not a recognised image format") from e
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise SampleError(Reason.CORRUPT_IMAGE, f"{name}: {type(e).__name__}: {e}") from e
+
+
+_PIL_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}
+
+
+def resize_image(
+    image: np.ndarray, *, size: int, interpolation: str = "bicubic", backend: str = "torch"
+) -> np.ndarray:
+    """Squash-resize (H, W, 3) uint8 to (size, size, 3) with an antialiased kernel.
+
+    `backend='pillow'` is Pillow itself. `backend='torch'` runs torch's uint8 antialiased
+    interpolate, a port of Pillow's separable filter: bilinear is bit-identical, bicubic differs
+    by at most 1 on ~0.1% of values (well under JPEG q95's error) and is ~5x faster.
+    """
+    if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
+        raise ValueError(f"image must be (H, W, 3) uint8, got {image.shape} {image.dtype}")
+    if interpolation not in _PIL_FILTERS:
+        raise ValueError(f"interpolation must be one of {sorted(_PIL_FILTERS)}")
+    if image.shape[:2] == (size, size):
+        return image.copy()
+    if backend == "pillow":
+        out = Image.fromarray(image).resize((size, size), _PIL_FILTERS[interpolation])
+        return np.asarray(out)
+    if backend != "torch":
+        raise ValueError(f"backend must be 'torch' or 'pillow', got {backend!r}")
+    import torch
+    import torch.nn.functional as F
+
+    with warnings.catch_warnings():  # read-only input (Pillow's buffer); interpolate never writes
+        warnings.simplefilter("ignore", UserWarning)
+        t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
+    t = t.contiguous(memory_format=torch.channels_last)
+    out = F.interpolate(t, size=(size, size), mode=interpolation, antialias=True,
+                        align_corners=False)
+    return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
+
+
+def encode_jpeg(image: np.ndarray, *, quality: int) -> bytes:
+    """Encode (H, W, 3) uint8 RGB as baseline JPEG (4:2:0, as Pillow's default)."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def encode_png(image: np.ndarray) -> bytes:
+    """Encode an (H, W) or (H, W, 3) uint8 array as PNG (used for overlays and 1-bit masks)."""
+    buf = io.BytesIO()
+    Image.fromarray(image).save(buf, format="PNG")
+    return buf.getvalue()

@@ -1,0 +1,142 @@
+"""COCO segmentations <-> masks, thin wrappers over pycocotools.
+
+Masks stay in the layout pycocotools returns ((H, W, n) Fortran order, seen as (n, H, W) with
+column-major planes): a C-to-Fortran copy of full-resolution masks costs more than the decode.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from sa2va_shards.errors import Reason, SampleError
+
+__all__ = ["decode_segmentations", "rle_decode", "rle_encode", "segmentation_to_rle"]
+
+
+def _bad(detail: str) -> SampleError:
+    return SampleError(Reason.BAD_SEGMENTATION, detail, stage="decode")
+
+
+def _polygon_rle(polys: list, height: int, width: int) -> dict:
+    if not polys:
+        raise _bad("polygon list is empty")
+    for p in polys:
+        if not isinstance(p, list) or len(p) < 6 or len(p) % 2:
+            n = len(p) if isinstance(p, list) else type(p).__name__
+            raise _bad(f"polygon needs >= 3 (x, y) points as a flat even list, got {n}")
+        if not all(isinstance(v, (int, float)) and np.isfinite(v) for v in p):
+            raise _bad("polygon has a non-numeric or non-finite coordinate")
+    return mask_utils.merge(mask_utils.frPyObjects(polys, height, width))
+
+
+def segmentation_to_rle(seg: Any, height: int, width: int) -> dict:
+    """One COCO segmentation (polygon list, uncompressed or compressed RLE) -> compressed RLE.
+
+    Polygons are rasterised at (height, width) and merged (union, so overlapping polygons of one
+    object stay binary). An RLE's own `size` must equal (height, width).
+
+    Raises:
+        SampleError: `bad_segmentation` for malformed input, `mask_size_mismatch` when an
+            RLE's size is not (height, width).
+    """
+    if isinstance(seg, list):
+        return _polygon_rle(seg, height, width)
+    if not isinstance(seg, dict) or "counts" not in seg or "size" not in seg:
+        raise _bad(f"segmentation must be a polygon list or an RLE dict, got {type(seg).__name__}")
+    size = seg["size"]
+    if not (isinstance(size, list | tuple) and len(size) == 2):
+        raise _bad(f"RLE size must be [H, W], got {size!r}")
+    if [int(size[0]), int(size[1])] != [height, width]:
+        raise SampleError(
+            Reason.MASK_SIZE_MISMATCH,
+            f"RLE size {list(size)} != image size [{height}, {width}]",
+            stage="decode",
+        )
+    counts = seg["counts"]
+    if isinstance(counts, list):
+        if not all(isinstance(c, int) and c >= 0 for c in counts):
+            raise _bad("uncompressed RLE counts must be non-negative integers")
+        if sum(counts) != height * width:
+            raise _bad(f"uncompressed RLE counts sum to {sum(counts)}, not H*W={height * width}")
+        return mask_utils.frPyObjects(seg, height, width)
+    if isinstance(counts, bytes | str):
+        c = counts.encode("ascii", "replace") if isinstance(counts, str) else counts
+        # pycocotools decodes without bounds checks: a run total other than H*W would leave
+        # pixels undefined or write past the buffer, so check before decoding.
+        runs = _rle_runs(c)
+        if runs is None:
+            raise _bad("compressed RLE string is malformed")
+        if sum(runs) != height * width:
+            raise _bad(f"RLE runs cover {sum(runs)} pixels, not H*W={height * width}")
+        return {"size": [height, width], "counts": c}
+    raise _bad(f"RLE counts must be a list or a string, got {type(counts).__name__}")
+
+
+def rle_decode(rles: list[dict], *, height: int, width: int) -> np.ndarray:
+    """Decode compressed RLEs to (n, H, W) uint8 {0,1} (column-major planes, no copy).
+
+    Raises:
+        SampleError: `bad_segmentation` when a compressed string does not decode to H*W pixels.
+    """
+    if not rles:
+        return np.zeros((0, height, width), np.uint8)
+    try:
+        decoded = mask_utils.decode(rles)  # (H, W, n) Fortran
+    except Exception as e:  # pycocotools raises bare Exceptions on garbage strings
+        raise _bad(f"RLE decode failed: {type(e).__name__}: {e}") from e
+    return decoded.transpose(2, 0, 1)
+
+
+def _rle_runs(counts: bytes) -> list[int] | None:
+    """Run lengths of a COCO compressed RLE string (pycocotools' rleFrString), or None if the
+    string is malformed (a run continues past the end, or a run is negative)."""
+    runs: list[int] = []
+    i, n = 0, len(counts)
+    while i < n:
+        x, k, more = 0, 0, True
+        while more:
+            if i >= n:
+                return None
+            c = counts[i] - 48
+            if not 0 <= c < 64:
+                return None
+            x |= (c & 0x1F) << (5 * k)
+            more = bool(c & 0x20)
+            i += 1
+            k += 1
+            if not more and (c & 0x10):
+                x |= -1 << (5 * k)
+        if len(runs) > 2:
+            x += runs[-2]
+        if x < 0:
+            return None
+        runs.append(x)
+    return runs
+
+
+def decode_segmentations(segs: list[Any], *, height: int, width: int) -> tuple[np.ndarray, list[dict]]:
+    """Decode COCO segmentations of one image in one pycocotools call.
+
+    Returns:
+        (masks (n, H, W) uint8 {0,1} column-major planes, the compressed RLEs).
+    """
+    rles = [segmentation_to_rle(s, height, width) for s in segs]
+    return rle_decode(rles, height=height, width=width), rles
+
+
+def rle_encode(masks: np.ndarray) -> list[dict]:
+    """Encode (n, H, W) {0,1} masks as COCO compressed RLE dicts with str counts (JSON-ready).
+
+    Column-major planes (pycocotools' own layout, and what `resize_masks` keeps) encode without
+    a copy; other layouts are copied once.
+    """
+    if masks.ndim != 3:
+        raise ValueError(f"masks must be (n, H, W), got {masks.shape}")
+    if masks.shape[0] == 0:
+        return []
+    fortran = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8, copy=False))
+    rles = mask_utils.encode(fortran)
+    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]

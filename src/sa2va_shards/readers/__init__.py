@@ -1,0 +1,55 @@
+"""Raw-dataset readers, one module per published format, and their registry.
+
+A reader is a frozen, picklable dataclass (Ray ships it to workers) with:
+- `list_items() -> list[ItemRef]`: the light index (annotations only, never pixels), sorted by
+  source id; a structural problem (missing annotation file) raises `ConfigError`.
+- `load(ref) -> RawSample`: one sample's image bytes and decoded masks; per-item problems raise
+  `SampleError` with a reason.
+- `synth(out_dir, *, n_items, seed, faults)`: writes a small dataset in the real on-disk format.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, ClassVar, Protocol
+
+from sa2va_shards.config import ReaderConfig
+from sa2va_shards.errors import ConfigError
+from sa2va_shards.readers.coco import CocoReader
+from sa2va_shards.records import ItemRef, RawSample
+
+__all__ = ["READERS", "Reader", "get_reader", "synth_dataset"]
+
+
+class Reader(Protocol):
+    name: ClassVar[str]
+    root: str
+
+    def list_items(self) -> list[ItemRef]: ...
+
+    def load(self, ref: ItemRef) -> RawSample: ...
+
+
+#: format name -> reader class (explicit, no import side effects).
+READERS: dict[str, Any] = {CocoReader.name: CocoReader}
+
+
+def _reader_class(name: str) -> Any:
+    if name not in READERS:
+        raise ConfigError(f"unknown reader format {name!r}; known: {', '.join(sorted(READERS))}")
+    return READERS[name]
+
+
+def get_reader(cfg: ReaderConfig) -> Reader:
+    """Instantiate the reader for `cfg.format` with `cfg.root` and `cfg.options`."""
+    cls = _reader_class(cfg.format)
+    try:
+        return cls(root=cfg.root, **cfg.options)
+    except TypeError as e:
+        raise ConfigError(f"reader.options for {cfg.format}: {e}") from e
+
+
+def synth_dataset(name: str, out_dir: Path, *, n_items: int = 24, seed: int = 0,
+                  faults: tuple[str, ...] = ()) -> Path:
+    """Write a small raw dataset of format `name` under `out_dir`; returns its root."""
+    return _reader_class(name).synth(Path(out_dir), n_items=n_items, seed=seed, faults=faults)

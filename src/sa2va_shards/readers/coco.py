@@ -1,0 +1,218 @@
+"""COCO-style instance sets: `instances.json` + an image folder.
+
+Segmentations may be polygons, compressed RLE or uncompressed RLE (`iscrowd` objects). One
+sample = one image with all its annotations, in annotation-id order. Masks are decoded at the
+image record's height/width and checked against the real image later (a mismatch is a reject).
+"""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from sa2va_shards import ops
+from sa2va_shards.errors import ConfigError, Reason, SampleError
+from sa2va_shards.readers import _synth
+from sa2va_shards.records import ItemRef, RawSample
+
+__all__ = ["CocoReader", "read_image_file"]
+
+#: fault kinds `synth` can inject (each adds one bad image next to the good ones).
+COCO_FAULTS = (
+    "corrupt_image", "random_bytes", "zero_byte", "missing_image", "size_mismatch", "bad_rle",
+    "bad_polygon", "no_objects", "duplicate_id", "empty_mask",
+)
+
+
+def read_image_file(root: str | Path, rel: str) -> bytes:
+    """Read `<root>/<rel>`; a missing file is a `missing_image` reject (named relative to root,
+    so reject rows do not depend on where the dataset lives)."""
+    try:
+        return (Path(root) / rel).read_bytes()
+    except FileNotFoundError as e:
+        raise SampleError(Reason.MISSING_IMAGE, f"{rel}: no such file") from e
+    except OSError as e:
+        raise SampleError(Reason.MISSING_IMAGE, f"{rel}: {type(e).__name__}: {e.strerror}") from e
+
+
+def source_id_of(image_id: Any) -> str:
+    """Stable, sortable id: integers zero-padded to 12 digits (as COCO file names), else str."""
+    return f"{image_id:012d}" if isinstance(image_id, int) else str(image_id)
+
+
+@dataclass(frozen=True, kw_only=True)
+class CocoReader:
+    """Reads `<root>/<annotations>` and images from `<root>/<images>/<file_name>`."""
+
+    name: ClassVar[str] = "coco"
+    root: str
+    annotations: str = "annotations/instances.json"
+    images: str = "images"
+
+    def _load_index(self) -> dict[str, Any]:
+        path = Path(self.root) / self.annotations
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError as e:
+            raise ConfigError(f"{path}: annotation file not found (check reader.root)") from e
+        except (OSError, json.JSONDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read annotations: {e}") from e
+        if not isinstance(data, dict) or "images" not in data:
+            raise ConfigError(f"{path}: not a COCO instances file (no 'images' list)")
+        return data
+
+    def list_items(self) -> list[ItemRef]:
+        """One `ItemRef` per image record, with its annotations and category names."""
+        data = self._load_index()
+        cats = {c["id"]: c.get("name", str(c["id"])) for c in data.get("categories", [])}
+        anns = defaultdict(list)
+        for a in data.get("annotations", []):
+            anns[a.get("image_id")].append(a)
+        items = []
+        for img in data["images"]:
+            objs = sorted(anns.get(img.get("id"), []), key=lambda a: a.get("id", 0))
+            objects = [
+                {"id": a.get("id"), "category": cats.get(a.get("category_id")),
+                 "category_id": a.get("category_id"), "bbox": a.get("bbox"),
+                 "iscrowd": a.get("iscrowd", 0), "segmentation": a.get("segmentation")}
+                for a in objs
+            ]
+            items.append(ItemRef(source_id=source_id_of(img.get("id")),
+                                 data={"image": img, "objects": objects}))
+        return sorted(items, key=lambda r: r.source_id)
+
+    def load(self, ref: ItemRef) -> RawSample:
+        """Read the image bytes and decode every segmentation at the record's size."""
+        img, objects = ref.data["image"], ref.data["objects"]
+        try:
+            h, w, file_name = int(img["height"]), int(img["width"]), str(img["file_name"])
+        except (KeyError, TypeError, ValueError) as e:
+            raise SampleError(Reason.BAD_ANNOTATION, f"image record {img!r}: {e}") from e
+        rel = f"{self.images}/{file_name}"
+        data = read_image_file(self.root, rel)
+        masks, rles = ops.decode_segmentations([o["segmentation"] for o in objects],
+                                               height=h, width=w)
+        return RawSample(
+            source_id=ref.source_id,
+            image=data,
+            image_name=rel,
+            masks=masks,
+            rles=tuple(rles),
+            objects=tuple({k: v for k, v in o.items() if k != "segmentation"} for o in objects),
+            meta={"file_name": file_name, "image_id": img.get("id")},
+        )
+
+    @staticmethod
+    def synth(out_dir: Path, *, n_items: int = 24, seed: int = 0,
+              faults: tuple[str, ...] = ()) -> Path:
+        """Write a COCO-style set: JPEGs of varied sizes and modes (RGB, L, CMYK), objects
+        from large to a 2x2 box no grid point hits (K = 0), as polygons, compressed and
+        uncompressed RLE; plus one bad image per fault kind in `faults`."""
+        unknown = set(faults) - set(COCO_FAULTS)
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; known: {COCO_FAULTS}")
+        rng = np.random.default_rng(seed)
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+        (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
+        doc = {"images": [], "annotations": [],
+               "categories": [{"id": i + 1, "name": n} for i, n in enumerate(_CATEGORIES)]}
+        for i in range(n_items):
+            _synth_image(doc, out_dir, rng, image_id=i + 1)
+        for j, fault in enumerate(faults):
+            _synth_fault(doc, out_dir, rng, image_id=10_000 + j, fault=fault)
+        (out_dir / "annotations" / "instances.json").write_text(json.dumps(doc))
+        return out_dir
+
+
+_CATEGORIES = ("person", "dog", "cat", "car", "chair", "cup")
+_MODES = ("RGB", "RGB", "L", "RGB", "CMYK", "RGB")
+
+
+def _segmentation(kind: str, shape: tuple, h: int, w: int, style: int) -> tuple[Any, list]:
+    """A COCO segmentation for `shape` in one of three encodings, and its bbox."""
+    if kind == "ellipse" and style == 0:
+        poly = _synth.ellipse_polygon(*shape)
+        rle = mask_utils.merge(mask_utils.frPyObjects([poly], h, w))
+        return [poly], [float(v) for v in mask_utils.toBbox(rle)]
+    if kind == "ellipse":
+        m = np.zeros((h, w), np.uint8)
+        cx, cy, rx, ry = shape
+        y, x = np.mgrid[0:h, 0:w]
+        m[((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1] = 1
+    else:
+        m = _synth.box_mask(h, w, *shape)
+    rle = mask_utils.encode(np.asfortranarray(m))
+    bbox = [float(v) for v in mask_utils.toBbox(rle)]
+    if style == 2:  # uncompressed RLE, as COCO stores crowd regions
+        return {"size": [h, w], "counts": _runs(m)}, bbox
+    return {"size": [h, w], "counts": rle["counts"].decode("ascii")}, bbox
+
+
+def _runs(m: np.ndarray) -> list[int]:
+    flat = m.reshape(-1, order="F")
+    change = np.flatnonzero(np.diff(flat)) + 1
+    edges = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(edges).tolist()
+    return ([0] + runs) if flat[0] == 1 else runs
+
+
+def _add_image(doc: dict, out_dir: Path, image_id: int, data: bytes, h: int, w: int) -> str:
+    name = f"{image_id:012d}.jpg"
+    (out_dir / "images" / name).write_bytes(data)
+    doc["images"].append({"id": image_id, "file_name": name, "height": h, "width": w})
+    return name
+
+
+def _add_ann(doc: dict, image_id: int, seg: Any, bbox: list, cat: int, crowd: int = 0) -> None:
+    doc["annotations"].append({"id": len(doc["annotations"]) + 1, "image_id": image_id,
+                               "category_id": cat, "segmentation": seg, "bbox": bbox,
+                               "iscrowd": crowd, "area": float(bbox[2] * bbox[3])})
+
+
+def _synth_image(doc: dict, out_dir: Path, rng: np.random.Generator, *, image_id: int) -> None:
+    h, w = _synth.SIZES[image_id % len(_synth.SIZES)]
+    mode = _MODES[image_id % len(_MODES)]
+    _add_image(doc, out_dir, image_id, _synth.encode_image(_synth.make_image(rng, h, w),
+                                                           mode=mode), h, w)
+    for j, (kind, shape) in enumerate(_synth.random_objects(rng, h, w, int(rng.integers(1, 6)))):
+        seg, bbox = _segmentation(kind, shape, h, w, style=(image_id + j) % 3)
+        _add_ann(doc, image_id, seg, bbox, cat=int(rng.integers(1, len(_CATEGORIES) + 1)),
+                 crowd=int(isinstance(seg, dict) and isinstance(seg["counts"], list)))
+    if image_id % 3 == 0:  # a few-pixel object: K = 0 under nearest
+        seg, bbox = _segmentation("box", _synth.tiny_box(h, w), h, w, style=1)
+        _add_ann(doc, image_id, seg, bbox, cat=1)
+
+
+def _synth_fault(doc: dict, out_dir: Path, rng: np.random.Generator, *, image_id: int,
+                 fault: str) -> None:
+    h, w = 240, 320
+    good = _synth.encode_image(_synth.make_image(rng, h, w))
+    data = {"corrupt_image": good[: len(good) // 3], "random_bytes": rng.bytes(4096),
+            "zero_byte": b""}.get(fault, good)
+    name = _add_image(doc, out_dir, image_id, data, h, w)
+    seg, bbox = _segmentation("box", (20, 30, 120, 200), h, w, style=1)
+    if fault == "missing_image":
+        (out_dir / "images" / name).unlink()
+    elif fault == "size_mismatch":
+        doc["images"][-1].update(height=h + 10)
+        seg, bbox = _synth.ellipse_polygon(100, 80, 50, 40), [50.0, 40.0, 100.0, 80.0]
+        seg = [seg]
+    elif fault == "bad_rle":
+        seg = {"size": [h, w], "counts": seg["counts"][: len(seg["counts"]) // 2] + "zz"}
+    elif fault == "bad_polygon":
+        seg = [[10.0, 10.0, 50.0, 50.0]]
+    elif fault == "duplicate_id":
+        doc["images"].append(dict(doc["images"][-1]))
+    elif fault == "empty_mask":
+        empty = mask_utils.encode(np.zeros((h, w), np.uint8, order="F"))
+        _add_ann(doc, image_id, {"size": [h, w], "counts": empty["counts"].decode()},
+                 [0.0, 0.0, 0.0, 0.0], cat=2)
+    if fault != "no_objects":
+        _add_ann(doc, image_id, seg, bbox, cat=1)

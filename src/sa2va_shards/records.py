@@ -1,0 +1,108 @@
+"""The small typed records that move between stages (all picklable, none holds big arrays
+except `RawSample`, which lives only inside one shard job)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "ItemRef",
+    "RawSample",
+    "RejectRecord",
+    "SampleRecord",
+    "ShardPlan",
+    "ShardRecord",
+    "ShardResult",
+]
+
+
+@dataclass(frozen=True, kw_only=True)
+class ItemRef:
+    """One input sample as the light index knows it: a stable id plus the reader's plain data
+    (file name, annotations) needed to load it. Sorted by `source_id` before planning."""
+
+    #: stable, unique id within the dataset (e.g. the COCO image id, zero-padded).
+    source_id: str
+    #: JSON-serialisable, reader-specific payload.
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RawSample:
+    """One decoded input: image pixels, full-resolution masks and the text about the objects."""
+
+    source_id: str
+    #: the encoded image file, decoded by the transform (pixel budget checked first).
+    image: bytes
+    #: where the image came from (for reject details).
+    image_name: str
+    #: (n, H, W) uint8 in {0, 1}; any memory layout (pycocotools gives per-mask column-major).
+    masks: np.ndarray
+    #: one plain dict per object: id, category, bbox, captions, ... (same order as `masks`).
+    objects: tuple[dict[str, Any], ...]
+    #: sample-level text and provenance: file name, conversations, split, ...
+    meta: dict[str, Any] = field(default_factory=dict)
+    #: the masks' compressed RLEs when the reader has them (saves re-encoding full resolution).
+    rles: tuple[dict, ...] | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardPlan:
+    """A fixed slice of the sorted input, decided before any work starts."""
+
+    index: int
+    name: str
+    items: tuple[ItemRef, ...]
+
+
+@dataclass(frozen=True, kw_only=True)
+class SampleRecord:
+    """One row of samples.parquet."""
+
+    key: str
+    shard: str
+    source_id: str
+    n_obj: int
+    k: list[int]
+    k_zero: int
+    height: int
+    width: int
+    sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardRecord:
+    """One row of shards.parquet."""
+
+    file: str
+    samples: int
+    bytes: int
+    sha256: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class RejectRecord:
+    """One row of rejects.parquet: a rejected input sample, or an object dropped from one."""
+
+    source_id: str
+    level: str
+    object_id: str
+    stage: str
+    reason: str
+    detail: str
+    shard: str
+
+
+@dataclass(frozen=True, kw_only=True)
+class ShardResult:
+    """What one shard job returns to the driver: small, no arrays."""
+
+    shard: ShardRecord
+    samples: list[SampleRecord]
+    rejects: list[RejectRecord]
+    #: items read (== samples written + sample-level rejects).
+    read: int
+    seconds: float = 0.0

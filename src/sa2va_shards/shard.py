@@ -1,0 +1,101 @@
+"""One shard job: load -> transform -> encode -> write one tar. The unit of work, retry and resume.
+
+This is the one catch boundary for per-sample errors: a `SampleError` becomes a reject row with
+its reason; any other data-dependent exception becomes `unexpected_error` (too many in a row
+abort the shard: that is broken code, not bad data); system exceptions always propagate.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+from sa2va_shards.config import BuildConfig
+from sa2va_shards.errors import SYSTEM_EXCEPTIONS, Level, Reason, SampleError
+from sa2va_shards.manifest import save_progress
+from sa2va_shards.readers import get_reader
+from sa2va_shards.records import ItemRef, RejectRecord, SampleRecord, ShardPlan, ShardResult
+from sa2va_shards.schema import encode_sample
+from sa2va_shards.transform import DroppedObject, transform_sample
+from sa2va_shards.writer import ShardWriter
+
+__all__ = ["process_shard"]
+
+log = logging.getLogger(__name__)
+
+
+class TooManyUnexpectedErrors(RuntimeError):
+    """Raised when consecutive samples fail with non-data errors: the code, not the data."""
+
+
+def _reject(item: ItemRef, shard: str, err: SampleError | Exception) -> RejectRecord:
+    if isinstance(err, SampleError):
+        reason, stage, detail = err.reason.value, err.stage, err.detail
+    else:
+        reason, stage = Reason.UNEXPECTED.value, "unknown"
+        detail = f"{type(err).__name__}: {err}"
+    return RejectRecord(source_id=item.source_id, level=Level.SAMPLE.value, object_id="",
+                        stage=stage, reason=reason, detail=detail, shard=shard)
+
+
+def _object_rejects(item: ItemRef, shard: str, dropped: list[DroppedObject]) -> list[RejectRecord]:
+    return [RejectRecord(source_id=item.source_id, level=Level.OBJECT.value,
+                         object_id=d.object_id, stage="transform", reason=d.reason.value,
+                         detail=d.detail, shard=shard) for d in dropped]
+
+
+def _sample_record(shard: str, item: ItemRef, sample, members: dict[str, bytes]) -> SampleRecord:
+    sha = hashlib.sha256()
+    for name in sorted(members):  # content hash of the sample, for diff
+        sha.update(name.encode() + b"\0" + hashlib.sha256(members[name]).digest())
+    k = [int(v) for v in sample.k]
+    return SampleRecord(key=sample.key, shard=shard, source_id=item.source_id, n_obj=len(k), k=k,
+                        k_zero=sum(v == 0 for v in k), height=sample.meta["height"],
+                        width=sample.meta["width"], sha256=sha.hexdigest())
+
+
+def process_shard(plan: ShardPlan, cfg: BuildConfig, *, build_dir: str) -> ShardResult:
+    """Build one shard of `plan.items` into `<build_dir>/shards/<plan.name>`.
+
+    Returns:
+        The shard's record, one record per written sample, and one reject row per rejected
+        sample or dropped object. Also saved as a progress sidecar for resume.
+
+    Raises:
+        TooManyUnexpectedErrors: after `shards.max_consecutive_unexpected` non-data errors
+            in a row.
+    """
+    start = time.perf_counter()
+    reader = get_reader(cfg.reader)
+    samples, rejects, unexpected_run = [], [], 0
+    with ShardWriter(Path(build_dir) / "shards" / plan.name) as writer:
+        for item in plan.items:
+            try:
+                sample, dropped = transform_sample(reader.load(item), cfg)
+                members = encode_sample(sample)
+                writer.write(sample.key, members)
+            except SYSTEM_EXCEPTIONS:
+                raise
+            except SampleError as e:
+                rejects.append(_reject(item, plan.name, e))
+                unexpected_run = 0
+                continue
+            except Exception as e:  # noqa: BLE001 - the per-sample boundary, see module doc
+                log.warning("unexpected error on %s in %s: %r", item.source_id, plan.name, e)
+                rejects.append(_reject(item, plan.name, e))
+                unexpected_run += 1
+                if unexpected_run >= cfg.shards.max_consecutive_unexpected:
+                    raise TooManyUnexpectedErrors(
+                        f"{unexpected_run} consecutive unexpected errors in {plan.name}, "
+                        f"last on {item.source_id}: {e!r}") from e
+                continue
+            unexpected_run = 0
+            samples.append(_sample_record(plan.name, item, sample, members))
+            rejects.extend(_object_rejects(item, plan.name, dropped))
+    result = ShardResult(
+        shard=writer.record, samples=samples, rejects=rejects, read=len(plan.items),
+        seconds=time.perf_counter() - start)
+    save_progress(Path(build_dir), result)
+    return result

@@ -1,0 +1,109 @@
+"""Pictures a person can check: a sample's masks and its 16x16 prompt grid with K."""
+
+from __future__ import annotations
+
+import tarfile
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+from PIL import Image, ImageDraw, ImageFont
+
+from sa2va_shards import ops
+from sa2va_shards.schema import decode_npy, decode_sample_json
+
+__all__ = ["load_sample", "render_overlay"]
+
+_COLORS = np.array([
+    (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
+    (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
+], dtype=np.uint8)
+
+
+def load_sample(build_dir: str | Path, key: str | None = None) -> dict[str, bytes]:
+    """Raw members of sample `key` (default: the first sample with the most objects)."""
+    build_dir = Path(build_dir)
+    rows = pq.read_table(build_dir / "samples.parquet").to_pylist()
+    if not rows:
+        raise ValueError(f"{build_dir}: the build has no samples")
+    if key is None:
+        key = max(rows, key=lambda r: (r["n_obj"], -rows.index(r)))["key"]
+    row = next((r for r in rows if r["key"] == key), None)
+    if row is None:
+        raise KeyError(f"{build_dir}: no sample with key {key!r}")
+    members = {}
+    with tarfile.open(build_dir / "shards" / row["shard"]) as tar:
+        for m in tar:
+            k, _, suffix = m.name.partition(".")
+            if k == key:
+                members[suffix] = tar.extractfile(m).read()
+    members["__key__"] = key.encode()
+    return members
+
+
+def _font(size: int) -> ImageFont.ImageFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except TypeError:  # Pillow < 10.1
+        return ImageFont.load_default()
+
+
+def _mask_panel(image: np.ndarray, masks: np.ndarray) -> Image.Image:
+    out = image.astype(np.float32)
+    for i, m in enumerate(masks):
+        sel = m.astype(bool)
+        out[sel] = 0.5 * out[sel] + 0.5 * _COLORS[i % len(_COLORS)]
+    return Image.fromarray(out.astype(np.uint8))
+
+
+def _grid_panel(image: np.ndarray, prompt: np.ndarray, side: int) -> Image.Image:
+    grid = prompt.shape[-1]
+    cell = side // grid
+    base = Image.fromarray(image).resize((cell * grid, cell * grid), Image.Resampling.BILINEAR)
+    layer = Image.new("RGBA", base.size, (0, 0, 0, 0))
+    draw = ImageDraw.Draw(layer)
+    for i, pm in enumerate(prompt):
+        color = tuple(int(c) for c in _COLORS[i % len(_COLORS)])
+        for r, c in zip(*np.nonzero(pm)):
+            inset = 2 + 3 * (i % 3)  # overlapping objects stay distinguishable
+            draw.rectangle([c * cell + inset, r * cell + inset, (c + 1) * cell - inset,
+                            (r + 1) * cell - inset], outline=color + (255,), width=3)
+    for j in range(grid + 1):
+        draw.line([(j * cell, 0), (j * cell, grid * cell)], fill=(255, 255, 255, 110))
+        draw.line([(0, j * cell), (grid * cell, j * cell)], fill=(255, 255, 255, 110))
+    return Image.alpha_composite(base.convert("RGBA"), layer).convert("RGB")
+
+
+def render_overlay(build_dir: str | Path, out: str | Path, *, key: str | None = None,
+                   side: int = 768) -> Path:
+    """Write a PNG: left, the 1024 image with each 1024 mask tinted; right, the image with the
+    16x16 vision-token grid and each object's prompt cells outlined; below, K per region."""
+    m = load_sample(build_dir, key)
+    meta = decode_sample_json(m["json"])
+    image = ops.decode_image(m["jpg"], max_pixels=1 << 30)
+    size = image.shape[0]
+    masks = ops.rle_decode(decode_sample_json(m["masks_1024.json"]), height=size, width=size)
+    prompt, k = decode_npy(m["prompt_masks.npy"]), decode_npy(m["k.npy"])
+    left = _mask_panel(image, masks).resize((side, side), Image.Resampling.BILINEAR)
+    right = _grid_panel(image, prompt, side)
+    legend_h = 40 + 26 * len(k)
+    canvas = Image.new("RGB", (left.width + right.width + 30, side + legend_h), "white")
+    canvas.paste(left, (10, 10))
+    canvas.paste(right, (left.width + 20, 10))
+    draw, font = ImageDraw.Draw(canvas), _font(20)
+    title = (f"{meta['dataset']} / {m['__key__'].decode()}  {meta['width']}x{meta['height']} -> "
+             f"{size}, grid {prompt.shape[-1]}x{prompt.shape[-1]}")
+    draw.text((10, side + 14), title, fill="black", font=font)
+    for i, (obj, kv) in enumerate(zip(meta["objects"], k)):
+        color = tuple(int(c) for c in _COLORS[i % len(_COLORS)])
+        y = side + 40 + 26 * i
+        draw.rectangle([10, y + 3, 28, y + 21], fill=color)
+        flag = "  (K = 0: no grid point hits it)" if kv == 0 else ""
+        flag += "  (fallback cell)" if obj.get("k_fallback") else ""
+        label = obj.get("category") or obj.get("caption") or ""
+        draw.text((36, y), f"region{i + 1}  {label}  K = {int(kv)}{flag}", fill="black",
+                  font=font)
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out
