@@ -65,8 +65,8 @@ class ImageConfig:
     size: int = 1024
     #: antialiased Pillow-style kernel.
     interpolation: Interpolation = "bicubic"
-    #: torch uint8 antialias (fast; bilinear bit-identical to Pillow, bicubic within 1 LSB on
-    #: ~0.1% of values) or Pillow itself (exact Pillow output, ~5x slower).
+    #: torch uint8 antialias (fast; bilinear bit-identical to Pillow, bicubic within 2 levels on
+    #: ~1% of values) or Pillow itself (exact Pillow output, several times slower).
     resize_backend: ResizeBackend = "torch"
     #: JPEG quality of the stored 1024 image.
     jpeg_quality: int = 95
