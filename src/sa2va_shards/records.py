@@ -39,14 +39,18 @@ class RawSample:
     image: bytes
     #: where the image came from (for reject details).
     image_name: str
-    #: (n, H, W) uint8 in {0, 1}; any memory layout (pycocotools gives per-mask column-major).
-    masks: np.ndarray
-    #: one plain dict per object: id, category, bbox, captions, ... (same order as `masks`).
+    #: one plain dict per object: id, category, bbox, captions, ... (same order as the masks).
     objects: tuple[dict[str, Any], ...]
+    #: the masks as COCO compressed RLEs at the image's size (preferred: never decoded)...
+    rles: tuple[dict, ...] | None = None
+    #: ...or as (n, H, W) uint8 {0, 1} arrays (encoded once to RLE by the transform).
+    masks: np.ndarray | None = None
     #: sample-level text and provenance: file name, conversations, split, ...
     meta: dict[str, Any] = field(default_factory=dict)
-    #: the masks' compressed RLEs when the reader has them (saves re-encoding full resolution).
-    rles: tuple[dict, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if (self.rles is None) == (self.masks is None):
+            raise ValueError("RawSample needs exactly one of `rles` or `masks`")
 
 
 @dataclass(frozen=True, kw_only=True)

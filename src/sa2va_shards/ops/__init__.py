@@ -10,7 +10,14 @@ from sa2va_shards.ops.masks import (
     resize_masks,
     select_masks,
 )
-from sa2va_shards.ops.rle import decode_segmentations, rle_decode, rle_encode, segmentation_to_rle
+from sa2va_shards.ops.rle import (
+    decode_segmentations,
+    rle_decode,
+    rle_encode,
+    segmentation_to_rle,
+    segmentations_to_rles,
+)
+from sa2va_shards.ops.rle_resize import pool_rles, resize_rles, rle_to_runs
 
 __all__ = [
     "cell_coverage",
@@ -22,11 +29,15 @@ __all__ = [
     "fallback_any",
     "nearest_indices",
     "pool_masks",
+    "pool_rles",
     "resize_image",
     "resize_masks",
+    "resize_rles",
     "rle_decode",
     "select_masks",
     "rle_encode",
+    "rle_to_runs",
     "segmentation_to_rle",
+    "segmentations_to_rles",
     "to_rgb",
 ]

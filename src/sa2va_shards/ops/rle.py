@@ -13,7 +13,13 @@ from pycocotools import mask as mask_utils
 
 from sa2va_shards.errors import Reason, SampleError
 
-__all__ = ["decode_segmentations", "rle_decode", "rle_encode", "segmentation_to_rle"]
+__all__ = [
+    "decode_segmentations",
+    "rle_decode",
+    "rle_encode",
+    "segmentation_to_rle",
+    "segmentations_to_rles",
+]
 
 
 def _bad(detail: str) -> SampleError:
@@ -117,13 +123,18 @@ def _rle_runs(counts: bytes) -> list[int] | None:
     return runs
 
 
+def segmentations_to_rles(segs: list[Any], *, height: int, width: int) -> list[dict]:
+    """COCO segmentations of one image -> compressed RLEs (checked; nothing decoded)."""
+    return [segmentation_to_rle(s, height, width) for s in segs]
+
+
 def decode_segmentations(segs: list[Any], *, height: int, width: int) -> tuple[np.ndarray, list[dict]]:
     """Decode COCO segmentations of one image in one pycocotools call.
 
     Returns:
         (masks (n, H, W) uint8 {0,1} column-major planes, the compressed RLEs).
     """
-    rles = [segmentation_to_rle(s, height, width) for s in segs]
+    rles = segmentations_to_rles(segs, height=height, width=width)
     return rle_decode(rles, height=height, width=width), rles
 
 

@@ -89,7 +89,7 @@ class CocoReader:
         return sorted(items, key=lambda r: r.source_id)
 
     def load(self, ref: ItemRef) -> RawSample:
-        """Read the image bytes and decode every segmentation at the record's size."""
+        """Read the image bytes and turn every segmentation into an RLE at the record's size."""
         img, objects = ref.data["image"], ref.data["objects"]
         try:
             h, w, file_name = int(img["height"]), int(img["width"]), str(img["file_name"])
@@ -97,13 +97,11 @@ class CocoReader:
             raise SampleError(Reason.BAD_ANNOTATION, f"image record {img!r}: {e}") from e
         rel = f"{self.images}/{file_name}"
         data = read_image_file(self.root, rel)
-        masks, rles = ops.decode_segmentations([o["segmentation"] for o in objects],
-                                               height=h, width=w)
+        rles = ops.segmentations_to_rles([o["segmentation"] for o in objects], height=h, width=w)
         return RawSample(
             source_id=ref.source_id,
             image=data,
             image_name=rel,
-            masks=masks,
             rles=tuple(rles),
             objects=tuple({k: v for k, v in o.items() if k != "segmentation"} for o in objects),
             meta={"file_name": file_name, "image_id": img.get("id")},
