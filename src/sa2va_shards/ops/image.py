@@ -96,11 +96,13 @@ def resize_image(
 
     with warnings.catch_warnings():  # read-only input (Pillow's buffer); interpolate never writes
         warnings.simplefilter("ignore", UserWarning)
+        # (H, W, 3) memory is already NHWC: the permuted view is channels_last with no copy
         t = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]
-    t = t.contiguous(memory_format=torch.channels_last)
     out = F.interpolate(t, size=(size, size), mode=interpolation, antialias=True,
                         align_corners=False)
-    return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
+    # the uint8 antialias kernel returns planar output; np.stack interleaves ~3x faster than
+    # a permute + contiguous copy
+    return np.stack(out[0].numpy(), axis=-1)
 
 
 def encode_jpeg(image: np.ndarray, *, quality: int) -> bytes:

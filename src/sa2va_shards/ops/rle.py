@@ -12,6 +12,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from sa2va_shards.errors import Reason, SampleError
+from sa2va_shards.ops.rle_resize import rle_to_runs
 
 __all__ = [
     "decode_segmentations",
@@ -75,8 +76,8 @@ def segmentation_to_rle(seg: Any, height: int, width: int) -> dict:
         runs = _rle_runs(c)
         if runs is None:
             raise _bad("compressed RLE string is malformed")
-        if sum(runs) != height * width:
-            raise _bad(f"RLE runs cover {sum(runs)} pixels, not H*W={height * width}")
+        if int(runs.sum()) != height * width:
+            raise _bad(f"RLE runs cover {int(runs.sum())} pixels, not H*W={height * width}")
         return {"size": [height, width], "counts": c}
     raise _bad(f"RLE counts must be a list or a string, got {type(counts).__name__}")
 
@@ -96,31 +97,16 @@ def rle_decode(rles: list[dict], *, height: int, width: int) -> np.ndarray:
     return decoded.transpose(2, 0, 1)
 
 
-def _rle_runs(counts: bytes) -> list[int] | None:
-    """Run lengths of a COCO compressed RLE string (pycocotools' rleFrString), or None if the
-    string is malformed (a run continues past the end, or a run is negative)."""
-    runs: list[int] = []
-    i, n = 0, len(counts)
-    while i < n:
-        x, k, more = 0, 0, True
-        while more:
-            if i >= n:
-                return None
-            c = counts[i] - 48
-            if not 0 <= c < 64:
-                return None
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            i += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(runs) > 2:
-            x += runs[-2]
-        if x < 0:
-            return None
-        runs.append(x)
-    return runs
+def _rle_runs(counts: bytes) -> np.ndarray | None:
+    """Run lengths of a COCO compressed RLE string, or None if the string is malformed
+    (a character outside pycocotools' alphabet, a value cut off at the end, a negative run)."""
+    c = np.frombuffer(counts, np.uint8)
+    if c.size == 0:
+        return np.zeros(0, np.int64)
+    if ((c < 48) | (c >= 48 + 64)).any() or (int(c[-1]) - 48) & 0x20:
+        return None
+    runs, _ = rle_to_runs([{"counts": counts}])
+    return None if (runs < 0).any() else runs
 
 
 def segmentations_to_rles(segs: list[Any], *, height: int, width: int) -> list[dict]:
