@@ -29,6 +29,7 @@ from sa2va_shards.readers import get_reader
 from sa2va_shards.records import ShardResult
 from sa2va_shards.schema import SCHEMA_VERSION
 from sa2va_shards.shard import process_shard
+from sa2va_shards.versions import read_latest, set_latest
 
 __all__ = ["BuildResult", "run_build"]
 
@@ -98,17 +99,21 @@ def run_build(cfg: BuildConfig, *, address: str | None = None, num_cpus: int | N
     timings = {"index_s": round(t_index, 3), "shards_s": round(t_shards, 3),
                "total_s": round(time.perf_counter() - t0, 3),
                "samples_per_s": round(counts["read"] / max(t_shards, 1e-9), 2)}
-    write_card(build_dir, _card(cfg, version, fingerprint, counts, timings, runner, len(done)))
+    parent = read_latest(build_dir.parent)
+    write_card(build_dir, _card(cfg, version, fingerprint, counts, timings, runner, len(done),
+                                parent))
+    set_latest(build_dir.parent, version)  # only now: the build is complete
     shutil.rmtree(build_dir / PROGRESS_DIR, ignore_errors=True)
     return BuildResult(build_dir=build_dir, version=version, counts=counts,
                        resumed_shards=len(done), timings=timings)
 
 
 def _card(cfg: BuildConfig, version: str, fingerprint: str, counts: dict, timings: dict,
-          runner: str, resumed: int) -> dict:
+          runner: str, resumed: int, parent: str | None) -> dict:
     return {
         "dataset": cfg.dataset,
         "version": version,
+        "parent": parent,
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "code_version": __version__,

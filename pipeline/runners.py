@@ -46,6 +46,7 @@ def run_ray(fn: Callable[..., Any], tasks: Sequence[Any], *, address: str | None
     import ray
 
     started = _init_ray(address, num_cpus)
+    pending: list = []
     try:
         remote = ray.remote(num_cpus=1, max_retries=max_retries)(fn)
         shared = {k: ray.put(v) for k, v in kwargs.items()}
@@ -53,8 +54,14 @@ def run_ray(fn: Callable[..., Any], tasks: Sequence[Any], *, address: str | None
         with tqdm(total=len(pending), desc=desc, unit="shard", disable=not progress) as bar:
             while pending:
                 done, pending = ray.wait(pending, num_returns=1)
-                yield ray.get(done[0])
+                try:
+                    result = ray.get(done[0])
+                except ray.exceptions.RayTaskError as e:  # re-raise the task's own exception
+                    raise e.as_instanceof_cause() from None
+                yield result
                 bar.update(1)
     finally:
+        for ref in pending:  # an abort or Ctrl-C: stop the rest, a rerun resumes
+            ray.cancel(ref)
         if started:
             ray.shutdown()

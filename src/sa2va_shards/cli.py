@@ -7,12 +7,13 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import sys
 from pathlib import Path
 
 from sa2va_shards.config import load_config, parse_config
-from sa2va_shards.errors import ConfigError
+from sa2va_shards.errors import BuildAborted, ConfigError
 
 __all__ = ["main"]
 
@@ -92,6 +93,46 @@ def cmd_inspect(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_stats(args: argparse.Namespace) -> int:
+    from sa2va_shards.viz import render_stats
+
+    print(render_stats(args.dirs, args.out))
+    return 0
+
+
+def cmd_versions(args: argparse.Namespace) -> int:
+    from sa2va_shards.versions import list_versions
+
+    rows = list_versions(args.dataset_dir)
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    for r in rows:
+        mark = " (latest)" if r["latest"] else ""
+        changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in r["config_changes"].items())
+        print(f"{r['version']}{mark}  {r['created']}  samples {r['samples']}  rejects "
+              f"{r['rejects']}  parent {r['parent']}" + (f"\n    {changes}" if changes else ""))
+    return 0
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    from sa2va_shards.versions import diff_versions
+
+    d = diff_versions(args.v1, args.v2)
+    if args.json:
+        print(json.dumps(d, indent=2))
+        return 0
+    s = d["samples"]
+    print(f"{d['from']} -> {d['to']}: {len(s['added'])} added, {len(s['removed'])} removed, "
+          f"{len(s['changed'])} changed, {s['unchanged']} unchanged"
+          + ("; input changed" if d["input_changed"] else ""))
+    for k, (a, b) in d["config_changes"].items():
+        print(f"  config {k}: {a!r} -> {b!r}")
+    for k, v in d["k_histogram_change"].items():
+        print(f"  K = {k}: {v:+d} objects")
+    return 0
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from sa2va_shards.readers import synth_dataset
 
@@ -131,6 +172,19 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--key")
     p.add_argument("--out", default="overlay.png")
     p.set_defaults(fn=cmd_inspect)
+    p = sub.add_parser("stats", help="K / objects / area histograms of builds as a PNG")
+    p.add_argument("dirs", nargs="+")
+    p.add_argument("--out", default="stats.png")
+    p.set_defaults(fn=cmd_stats)
+    p = sub.add_parser("versions", help="list the versions of OUT/<dataset>")
+    p.add_argument("dataset_dir")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_versions)
+    p = sub.add_parser("diff", help="samples, config and K changes between two versions")
+    p.add_argument("v1")
+    p.add_argument("v2")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(fn=cmd_diff)
     p = sub.add_parser("synth", help="write a small raw dataset in a real format")
     p.add_argument("format")
     p.add_argument("out")
@@ -150,6 +204,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+    except BuildAborted as e:
+        print(f"build aborted: {e}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -86,7 +86,10 @@ class ShardConfig:
     """Shard sizing; changes membership, so it is part of the version."""
 
     samples_per_shard: int = 256
-    #: consecutive unexpected (non-data) errors after which a shard job aborts.
+    #: consecutive rejected samples (any reason) within a shard after which the build aborts:
+    #: every sample failing means a wrong root or images folder, not bad data.
+    max_consecutive_failures: int = 200
+    #: consecutive unexpected (non-data) errors after which the build aborts (broken code).
     max_consecutive_unexpected: int = 100
 
 

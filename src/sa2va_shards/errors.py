@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-__all__ = ["ConfigError", "Level", "Reason", "SampleError", "SYSTEM_EXCEPTIONS"]
+__all__ = ["BuildAborted", "ConfigError", "Level", "Reason", "SampleError", "SYSTEM_EXCEPTIONS"]
 
 
 class Reason(str, Enum):
@@ -55,6 +55,11 @@ def _make_sample_error(reason: Reason, detail: str, stage: str) -> SampleError:
 
 class ConfigError(ValueError):
     """The whole build cannot proceed (bad config, missing annotation file, wrong root)."""
+
+
+class BuildAborted(RuntimeError):
+    """A shard job gave up: so many samples in a row failed that the cause is the setup (wrong
+    root folder, broken code), not the data. Nothing is committed; fix and rerun (resumes)."""
 
 
 #: Never turned into reject rows: they mean broken code or a broken machine, not bad data.

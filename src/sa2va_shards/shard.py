@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 
 from sa2va_shards.config import BuildConfig
-from sa2va_shards.errors import SYSTEM_EXCEPTIONS, Level, Reason, SampleError
+from sa2va_shards.errors import SYSTEM_EXCEPTIONS, BuildAborted, Level, Reason, SampleError
 from sa2va_shards.manifest import save_progress
 from sa2va_shards.readers import get_reader
 from sa2va_shards.records import ItemRef, RejectRecord, SampleRecord, ShardPlan, ShardResult
@@ -24,10 +24,6 @@ from sa2va_shards.writer import ShardWriter
 __all__ = ["process_shard"]
 
 log = logging.getLogger(__name__)
-
-
-class TooManyUnexpectedErrors(RuntimeError):
-    """Raised when consecutive samples fail with non-data errors: the code, not the data."""
 
 
 def _reject(item: ItemRef, shard: str, err: SampleError | Exception) -> RejectRecord:
@@ -56,6 +52,17 @@ def _sample_record(shard: str, item: ItemRef, sample, members: dict[str, bytes])
                         width=sample.meta["width"], sha256=sha.hexdigest())
 
 
+def _check_failure_runs(failed_run: int, unexpected_run: int, plan: ShardPlan, item: ItemRef,
+                        err: Exception, cfg: BuildConfig) -> None:
+    last = f"last: {item.source_id}: {err}"
+    if unexpected_run >= cfg.shards.max_consecutive_unexpected:
+        raise BuildAborted(f"{unexpected_run} consecutive unexpected errors in {plan.name} "
+                           f"(a bug, not bad data); {last}") from err
+    if failed_run >= cfg.shards.max_consecutive_failures:
+        raise BuildAborted(f"{failed_run} consecutive samples failed in {plan.name}: check "
+                           f"reader.root and the reader options; {last}") from err
+
+
 def process_shard(plan: ShardPlan, cfg: BuildConfig, *, build_dir: str) -> ShardResult:
     """Build one shard of `plan.items` into `<build_dir>/shards/<plan.name>`.
 
@@ -64,12 +71,13 @@ def process_shard(plan: ShardPlan, cfg: BuildConfig, *, build_dir: str) -> Shard
         sample or dropped object. Also saved as a progress sidecar for resume.
 
     Raises:
-        TooManyUnexpectedErrors: after `shards.max_consecutive_unexpected` non-data errors
-            in a row.
+        BuildAborted: after `shards.max_consecutive_failures` rejected samples or
+            `shards.max_consecutive_unexpected` non-data errors in a row.
     """
     start = time.perf_counter()
     reader = get_reader(cfg.reader)
-    samples, rejects, unexpected_run = [], [], 0
+    samples, rejects = [], []
+    failed_run = unexpected_run = 0  # consecutive failures: any reason / unexpected errors
     with ShardWriter(Path(build_dir) / "shards" / plan.name) as writer:
         for item in plan.items:
             try:
@@ -78,20 +86,15 @@ def process_shard(plan: ShardPlan, cfg: BuildConfig, *, build_dir: str) -> Shard
                 writer.write(sample.key, members)
             except SYSTEM_EXCEPTIONS:
                 raise
-            except SampleError as e:
-                rejects.append(_reject(item, plan.name, e))
-                unexpected_run = 0
-                continue
             except Exception as e:  # noqa: BLE001 - the per-sample boundary, see module doc
-                log.warning("unexpected error on %s in %s: %r", item.source_id, plan.name, e)
                 rejects.append(_reject(item, plan.name, e))
-                unexpected_run += 1
-                if unexpected_run >= cfg.shards.max_consecutive_unexpected:
-                    raise TooManyUnexpectedErrors(
-                        f"{unexpected_run} consecutive unexpected errors in {plan.name}, "
-                        f"last on {item.source_id}: {e!r}") from e
+                failed_run += 1
+                unexpected_run = 0 if isinstance(e, SampleError) else unexpected_run + 1
+                if unexpected_run:
+                    log.warning("unexpected error on %s in %s: %r", item.source_id, plan.name, e)
+                _check_failure_runs(failed_run, unexpected_run, plan, item, e, cfg)
                 continue
-            unexpected_run = 0
+            failed_run = unexpected_run = 0
             samples.append(_sample_record(plan.name, item, sample, members))
             rejects.extend(_object_rejects(item, plan.name, dropped))
     result = ShardResult(

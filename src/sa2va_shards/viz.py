@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 from sa2va_shards import ops
 from sa2va_shards.schema import decode_npy, decode_sample_json
 
-__all__ = ["load_sample", "render_overlay"]
+__all__ = ["load_sample", "render_overlay", "render_stats"]
 
 _COLORS = np.array([
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
@@ -106,4 +106,73 @@ def render_overlay(build_dir: str | Path, out: str | Path, *, key: str | None = 
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
+    return out
+
+
+def _areas_vs_k(build_dir: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """(object area as a fraction of its image, K) for up to `limit` samples, from the shards."""
+    from pycocotools import mask as mask_utils
+
+    areas, ks, seen = [], [], 0
+    for tar_path in sorted((build_dir / "shards").glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            members: dict[str, dict[str, bytes]] = {}
+            for m in tar:
+                key, _, suffix = m.name.partition(".")
+                if suffix in ("gt_masks.json", "k.npy"):
+                    members.setdefault(key, {})[suffix] = tar.extractfile(m).read()
+        for m in members.values():
+            rles = decode_sample_json(m["gt_masks.json"])
+            k = decode_npy(m["k.npy"])
+            if k.ndim != 1:  # video: areas per frame do not line up with one K
+                continue
+            h, w = rles[0]["size"]
+            areas.append(mask_utils.area(rles) / (h * w))
+            ks.append(k)
+            seen += 1
+            if seen >= limit:
+                return np.concatenate(areas), np.concatenate(ks)
+    return (np.concatenate(areas), np.concatenate(ks)) if areas else (np.zeros(0), np.zeros(0))
+
+
+def render_stats(build_dirs: list[str | Path], out: str | Path, *, limit: int = 2000) -> Path:
+    """Write a PNG with, per build: the K histogram, the K = 0 rate, objects per image, and
+    object area vs K (the K = 0 objects are the small ones)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(2, 2, figsize=(12, 9))
+    (ax_k, ax_zero), (ax_obj, ax_area) = axes
+    names, zero_rates = [], []
+    for i, d in enumerate(map(Path, build_dirs)):
+        rows = pq.read_table(d / "samples.parquet", columns=["k", "n_obj"]).to_pylist()
+        ks = np.array([k for r in rows for k in r["k"]], dtype=np.int64)
+        name = f"{d.parent.name}/{d.name}"
+        color = _COLORS[i % len(_COLORS)] / 255
+        names.append(name)
+        zero_rates.append(float((ks == 0).mean()) if ks.size else 0.0)
+        ax_k.hist(ks, bins=np.arange(0, 258, 4), histtype="step", lw=2, color=color, label=name)
+        n_obj = [r["n_obj"] for r in rows]
+        ax_obj.hist(n_obj, bins=np.arange(0, max(n_obj, default=0) + 3) - 0.5,
+                    histtype="step", lw=2, color=color, label=name)
+        area, k = _areas_vs_k(d, limit)
+        ax_area.scatter(np.maximum(area, 1e-7), k, s=6, alpha=0.5, color=color, label=name)
+    ax_k.set(title="K per object (set cells of the 16x16 grid)", xlabel="K", ylabel="objects")
+    ax_zero.bar(range(len(names)), zero_rates, color=[_COLORS[i % 10] / 255
+                                                       for i in range(len(names))])
+    ax_zero.set_xticks(range(len(names)), names, rotation=15, fontsize=8)
+    ax_zero.set(title="K = 0 rate (objects no grid point hits)", ylabel="fraction of objects")
+    for x, r in enumerate(zero_rates):
+        ax_zero.text(x, r, f"{100 * r:.1f}%", ha="center", va="bottom")
+    ax_obj.set(title="objects per image", xlabel="objects", ylabel="images")
+    ax_area.set(title="object area vs K", xlabel="area / image area", ylabel="K", xscale="log")
+    for ax in (ax_k, ax_obj, ax_area):
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=90)
+    plt.close(fig)
     return out

@@ -1,0 +1,101 @@
+"""Versions of a dataset: the `latest` pointer, the history, and diffs between two builds.
+
+`<out>/<dataset>/` holds one directory per version (a content hash, see `manifest.version_id`)
+and a `latest` file naming the newest complete one. Diffs compare manifests, never tars.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from sa2va_shards.manifest import CARD, read_card
+
+__all__ = ["LATEST", "diff_versions", "flatten", "list_versions", "read_latest", "set_latest"]
+
+#: file in `<out>/<dataset>/` holding the newest complete version's id.
+LATEST = "latest"
+
+
+def set_latest(dataset_dir: Path, version: str) -> None:
+    """Point `latest` at `version` atomically (write a temp file, then rename)."""
+    tmp = dataset_dir / f".{LATEST}.tmp"
+    tmp.write_text(version + "\n")
+    os.replace(tmp, dataset_dir / LATEST)
+
+
+def read_latest(dataset_dir: Path) -> str | None:
+    """The version `latest` names, or None before the first complete build."""
+    path = Path(dataset_dir) / LATEST
+    return path.read_text().strip() if path.exists() else None
+
+
+def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """{'a': {'b': 1}} -> {'a.b': 1}."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _config_changes(old: dict, new: dict) -> dict[str, list]:
+    a, b = flatten(old), flatten(new)
+    return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+
+
+def list_versions(dataset_dir: str | Path) -> list[dict[str, Any]]:
+    """Complete versions, oldest first: version, created, samples, rejects, parent, latest,
+    and the config keys changed vs the version before it."""
+    dataset_dir = Path(dataset_dir)
+    cards = [read_card(d) for d in sorted(dataset_dir.iterdir()) if (d / CARD).exists()]
+    cards.sort(key=lambda c: (c["created"], c["version"]))
+    latest = read_latest(dataset_dir)
+    rows, previous = [], None
+    for c in cards:
+        rows.append({
+            "version": c["version"], "created": c["created"], "samples": c["counts"]["written"],
+            "rejects": c["counts"]["rejected"], "parent": c.get("parent"),
+            "latest": c["version"] == latest,
+            "config_changes": _config_changes(previous["config"], c["config"]) if previous
+            else {},
+        })
+        previous = c
+    return rows
+
+
+def _sample_hashes(build_dir: Path) -> dict[str, str]:
+    table = pq.read_table(build_dir / "samples.parquet", columns=["key", "sha256"])
+    return dict(zip(table["key"].to_pylist(), table["sha256"].to_pylist()))
+
+
+def diff_versions(v1: str | Path, v2: str | Path) -> dict[str, Any]:
+    """What changed from build `v1` to build `v2` (directories of two versions).
+
+    Returns:
+        JSON-ready dict: samples added/removed/changed (keys, by content hash), counts,
+        config keys changed (old, new), and the K-histogram change per K value.
+    """
+    v1, v2 = Path(v1), Path(v2)
+    c1, c2 = read_card(v1), read_card(v2)
+    h1, h2 = _sample_hashes(v1), _sample_hashes(v2)
+    added = sorted(set(h2) - set(h1))
+    removed = sorted(set(h1) - set(h2))
+    changed = sorted(k for k in set(h1) & set(h2) if h1[k] != h2[k])
+    k1, k2 = Counter(c1["counts"]["k_histogram"]), Counter(c2["counts"]["k_histogram"])
+    k_change = {k: k2[k] - k1[k] for k in sorted(set(k1) | set(k2), key=int) if k2[k] != k1[k]}
+    return {
+        "from": c1["version"], "to": c2["version"],
+        "samples": {"added": added, "removed": removed, "changed": changed,
+                    "unchanged": len(set(h1) & set(h2)) - len(changed)},
+        "counts": {k: [c1["counts"][k], c2["counts"][k]] for k in ("read", "written", "rejected")},
+        "config_changes": _config_changes(c1["config"], c2["config"]),
+        "input_changed": c1["input_fingerprint"] != c2["input_fingerprint"],
+        "k_histogram_change": k_change,
+    }
