@@ -62,7 +62,8 @@ def _check_counts(counts: dict) -> None:
 
 
 def run_build(cfg: BuildConfig, *, address: str | None = None, num_cpus: int | None = None,
-              runner: str = "ray", resume: bool = True, progress: bool = True) -> BuildResult:
+              runner: str = "ray", resume: bool = True, progress: bool = True,
+              cpus_per_task: float = 1.0) -> BuildResult:
     """Build (or resume, or reuse) the version of `cfg` under `<cfg.out>/<cfg.dataset>/`.
 
     Args:
@@ -70,6 +71,7 @@ def run_build(cfg: BuildConfig, *, address: str | None = None, num_cpus: int | N
         num_cpus: CPUs for a local Ray.
         runner: 'ray' or 'serial' (same output, in-process, for debugging).
         resume: keep shards a previous run finished (verified by sha256).
+        cpus_per_task: Ray CPUs per shard task (fewer: more concurrent tasks).
     """
     t0 = time.perf_counter()
     items = get_reader(cfg.reader).list_items()
@@ -88,7 +90,8 @@ def run_build(cfg: BuildConfig, *, address: str | None = None, num_cpus: int | N
     done = {p.name: r for p in plans if resume and (r := load_progress(build_dir, p.name))}
     todo = [p for p in plans if p.name not in done]
     run = run_ray if runner == "ray" else run_serial
-    opts = {"address": address, "num_cpus": num_cpus} if runner == "ray" else {}
+    opts = ({"address": address, "num_cpus": num_cpus, "cpus_per_task": cpus_per_task}
+            if runner == "ray" else {})
     results: list[ShardResult] = list(done.values())
     results += run(process_shard, todo, progress=progress, cfg=cfg, build_dir=str(build_dir),
                    **opts)
@@ -115,7 +118,7 @@ def _card(cfg: BuildConfig, version: str, fingerprint: str, counts: dict, timing
         "version": version,
         "parent": parent,
         "schema_version": SCHEMA_VERSION,
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         "code_version": __version__,
         "config": cfg.to_dict(),
         "input_fingerprint": fingerprint,

@@ -35,9 +35,12 @@ def _init_ray(address: str | None, num_cpus: int | None) -> bool:
 
 
 def run_ray(fn: Callable[..., Any], tasks: Sequence[Any], *, address: str | None = None,
-            num_cpus: int | None = None, max_retries: int = 3, progress: bool = True,
-            desc: str = "shards", **kwargs: Any) -> Iterator[Any]:
-    """Run `fn(task, **kwargs)` as one Ray task per item (1 CPU each), yielding results.
+            num_cpus: int | None = None, cpus_per_task: float = 1.0, max_retries: int = 3,
+            progress: bool = True, desc: str = "shards", **kwargs: Any) -> Iterator[Any]:
+    """Run `fn(task, **kwargs)` as one Ray task per item, yielding results as they finish.
+
+    `cpus_per_task` sets how many tasks run at once (CPUs / cpus_per_task); the output does
+    not depend on it.
 
     Worker crashes are retried by Ray (`max_retries`); an exception raised by `fn` itself is
     not retried and aborts the run (per-sample data errors never reach here: the shard job
@@ -48,7 +51,7 @@ def run_ray(fn: Callable[..., Any], tasks: Sequence[Any], *, address: str | None
     started = _init_ray(address, num_cpus)
     pending: list = []
     try:
-        remote = ray.remote(num_cpus=1, max_retries=max_retries)(fn)
+        remote = ray.remote(num_cpus=cpus_per_task, max_retries=max_retries)(fn)
         shared = {k: ray.put(v) for k, v in kwargs.items()}
         pending = [remote.remote(t, **shared) for t in tasks]
         with tqdm(total=len(pending), desc=desc, unit="shard", disable=not progress) as bar:
