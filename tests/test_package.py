@@ -1,0 +1,53 @@
+"""Packaging promises: the library imports without Ray; `pipeline` is this project's."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sa2va_shards.config import ImageConfig, VisionConfig, parse_config
+from sa2va_shards.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_library_imports_without_ray():
+    code = ("import sys, sa2va_shards, sa2va_shards.shard, sa2va_shards.cli, "
+            "sa2va_shards.verify, sa2va_shards.viz; assert 'ray' not in sys.modules")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_pipeline_package_is_this_projects():
+    import pipeline
+
+    assert Path(pipeline.__file__).resolve().parent == ROOT / "pipeline"
+
+
+def test_grid_and_tokens_are_derived_from_the_vision_config():
+    assert (VisionConfig().grid, VisionConfig().tokens_per_image) == (16, 256)
+    assert VisionConfig(image_size=448, patch_size=14, downsample_ratio=1.0).grid == 32
+    assert ImageConfig().size == 1024
+
+
+@pytest.mark.parametrize("data,match", [
+    ({"dataset": "d", "reader": {"format": "coco", "root": "x"}, "masks": {"k_zero": "nope"}},
+     "masks.k_zero: 'nope' is not one of"),
+    ({"dataset": "d", "reader": {"format": "coco", "root": "x"}, "image": {"size": "big"}},
+     "image.size: expected int"),
+    ({"dataset": "d"}, "reader"),
+    ({"dataset": "a.b", "reader": {"format": "coco", "root": "x"}}, "dataset"),
+    ({"dataset": "d", "reader": {"format": "coco", "root": "x"}, "shardz": {}}, "did you mean shards"),
+])
+def test_bad_configs_are_refused_with_the_key_path(data, match):
+    with pytest.raises(ConfigError, match=match):
+        parse_config(data)
+
+
+def test_configs_in_the_repo_parse():
+    from sa2va_shards.config import load_config
+
+    for path in sorted((ROOT / "configs").glob("*.yaml")):
+        load_config(path)
