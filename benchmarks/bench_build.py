@@ -1,9 +1,10 @@
 """Build throughput vs a Sa2VA-style per-sample baseline and vs the codec floor, in one run.
 
-All three run on the same synthetic COCO-format data, one process, one torch thread (samples/s
-per core); the build is also run on a 2-CPU local Ray. Results go to docs/benchmarks.md.
+All run on the same synthetic COCO-format data in one run: one process, one torch thread
+(samples/s per core), then the build on a 2-CPU local Ray with 1 and 2 workers (scaling) and the
+workers' peak RSS. Results go to docs/benchmarks.md.
 
-    python benchmarks/bench_build.py [--n 40] [--size 2048x1536] [--objects 20]
+    python benchmarks/bench_build.py [--quick]
 """
 
 from __future__ import annotations
@@ -92,44 +93,63 @@ def codec_floor(root: Path) -> float:
     return len(files) / (time.perf_counter() - t0)
 
 
-def ours(root: Path, out: Path, *, runner: str, num_cpus: int | None = None,
-         backend: str = "torch") -> float:
-    cfg = parse_config({"dataset": f"bench_{runner}_{backend}",
+def ours(root: Path, out: Path, *, runner: str, backend: str = "torch",
+         cpus_per_task: float = 1.0, shard_size: int = 4) -> tuple[float, float]:
+    """samples/s of a build (shard phase only) and the peak RSS of its workers (MiB)."""
+    cfg = parse_config({"dataset": f"bench_{runner}_{backend}_{int(cpus_per_task * 10)}",
                         "reader": {"format": "coco", "root": str(root)},
                         "image": {"resize_backend": backend},
-                        "shards": {"samples_per_shard": 10}, "out": str(out)})
-    result = run_build(cfg, runner=runner, num_cpus=num_cpus, progress=False)
-    return result.counts["read"] / result.timings["shards_s"]
+                        "shards": {"samples_per_shard": shard_size}, "out": str(out)})
+    result = run_build(cfg, runner=runner, progress=False, cpus_per_task=cpus_per_task)
+    t = result.timings
+    return result.counts["read"] / t["shards_s"], t["max_worker_rss_mb"]
+
+
+def scenario(tmp: Path, n: int, h: int, w: int, n_obj: int, ray_on: bool) -> list[str]:
+    """One data shape: every pipeline on the same files, in one run; markdown table rows."""
+    root = make_dataset(tmp / f"raw{w}x{h}", n, h, w, n_obj)
+    shard = max(1, n // 4)  # >= 4 shards: both Ray workers stay busy
+    rows = {"codec floor (decode src + encode 1024 JPEG)": (codec_floor(root), None),
+            "Sa2VA-style per-sample baseline": (baseline(root), None)}
+    rows["sa2va-shards, serial, torch resize"] = ours(root, tmp / "o1", runner="serial",
+                                                      shard_size=shard)
+    rows["sa2va-shards, serial, pillow resize"] = ours(root, tmp / "o2", runner="serial",
+                                                       backend="pillow", shard_size=shard)
+    if ray_on:
+        rows["sa2va-shards, Ray, 1 worker"] = ours(root, tmp / "o3", runner="ray",
+                                                   cpus_per_task=2.0, shard_size=shard)
+        rows["sa2va-shards, Ray, 2 workers"] = ours(root, tmp / "o4", runner="ray",
+                                                    cpus_per_task=1.0, shard_size=shard)
+    floor = rows["codec floor (decode src + encode 1024 JPEG)"][0]
+    base = rows["Sa2VA-style per-sample baseline"][0]
+    out = [f"\n**{n} images {w}x{h}, {n_obj} objects each**\n",
+           "| pipeline | samples/s | vs baseline | vs codec floor | peak worker RSS |",
+           "|---|---|---|---|---|"]
+    for name, (v, rss) in rows.items():
+        rss_s = f"{rss:.0f} MiB" if rss else "-"
+        out.append(f"| {name} | {v:.2f} | {v / base:.2f}x | {v / floor:.2f}x | {rss_s} |")
+    if ray_on:
+        one, two = rows["sa2va-shards, Ray, 1 worker"][0], rows["sa2va-shards, Ray, 2 workers"][0]
+        out.append(f"\nRay scaling 1 -> 2 workers: {two / one:.2f}x")
+    return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--n", type=int, default=40)
-    ap.add_argument("--size", default="2048x1536", help="WxH of the source images")
-    ap.add_argument("--objects", type=int, default=20)
-    ap.add_argument("--ray", action="store_true", help="also time a 2-CPU local Ray build")
+    ap.add_argument("--quick", action="store_true", help="fewer images, no Ray")
     args = ap.parse_args()
-    w, h = map(int, args.size.split("x"))
-    torch.set_num_threads(1)
+    torch.set_num_threads(1)  # per-core figures; Ray workers get one thread each too
+    ray_on = not args.quick
+    if ray_on:
+        import ray
+
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    scale = 0.25 if args.quick else 1.0
+    lines = []
     with tempfile.TemporaryDirectory() as tmp:
-        root = make_dataset(Path(tmp) / "raw", args.n, h, w, args.objects)
-        rows = {
-            "codec floor (decode src + encode 1024 JPEG)": codec_floor(root),
-            "Sa2VA-style per-sample baseline": baseline(root),
-            "sa2va-shards build, serial (torch resize)": ours(root, Path(tmp) / "o1",
-                                                              runner="serial"),
-            "sa2va-shards build, serial (pillow resize)": ours(root, Path(tmp) / "o2",
-                                                               runner="serial", backend="pillow"),
-        }
-        if args.ray:
-            rows["sa2va-shards build, Ray 2 CPUs (torch resize)"] = ours(
-                root, Path(tmp) / "o3", runner="ray", num_cpus=2)
-    floor, base = rows["codec floor (decode src + encode 1024 JPEG)"], rows[
-        "Sa2VA-style per-sample baseline"]
-    print(f"\n{args.n} images {w}x{h}, {args.objects} objects each, 1 torch thread\n")
-    print("| pipeline | samples/s | vs baseline | vs codec floor |\n|---|---|---|---|")
-    for name, v in rows.items():
-        print(f"| {name} | {v:.2f} | {v / base:.2f}x | {v / floor:.2f}x |")
+        for n, h, w, n_obj in [(64, 480, 640, 7), (32, 1536, 2048, 20)]:
+            lines += scenario(Path(tmp), max(8, int(n * scale)), h, w, n_obj, ray_on)
+    print("\n".join(lines))
 
 
 if __name__ == "__main__":

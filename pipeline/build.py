@@ -101,7 +101,8 @@ def run_build(cfg: BuildConfig, *, address: str | None = None, num_cpus: int | N
     write_tables(build_dir, results, plan_rejects)
     timings = {"index_s": round(t_index, 3), "shards_s": round(t_shards, 3),
                "total_s": round(time.perf_counter() - t0, 3),
-               "samples_per_s": round(counts["read"] / max(t_shards, 1e-9), 2)}
+               "samples_per_s": round(counts["read"] / max(t_shards, 1e-9), 2),
+               "max_worker_rss_mb": round(max((r.max_rss_mb for r in results), default=0), 1)}
     parent = read_latest(build_dir.parent)
     write_card(build_dir, _card(cfg, version, fingerprint, counts, timings, runner, len(done),
                                 parent))

@@ -117,7 +117,7 @@ def load_progress(build_dir: Path, shard_file: str) -> ShardResult | None:
         result = ShardResult(
             shard=ShardRecord(**d["shard"]), samples=[SampleRecord(**s) for s in d["samples"]],
             rejects=[RejectRecord(**r) for r in d["rejects"]], read=d["read"],
-            seconds=d["seconds"])
+            seconds=d["seconds"], max_rss_mb=d.get("max_rss_mb", 0.0))
     except (OSError, ValueError, KeyError, TypeError):
         return None
     if file_sha256(tar) != result.shard.sha256:

@@ -110,3 +110,5 @@ class ShardResult:
     #: items read (== samples written + sample-level rejects).
     read: int
     seconds: float = 0.0
+    #: peak resident memory of the process that built the shard (MiB).
+    max_rss_mb: float = 0.0

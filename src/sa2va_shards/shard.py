@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import resource
 import time
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def process_shard(plan: ShardPlan, cfg: BuildConfig, *, build_dir: str) -> Shard
             rejects.extend(_object_rejects(item, plan.name, dropped))
     result = ShardResult(
         shard=writer.record, samples=samples, rejects=rejects, read=len(plan.items),
-        seconds=time.perf_counter() - start)
+        seconds=time.perf_counter() - start,
+        max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
     save_progress(Path(build_dir), result)
     return result

@@ -111,7 +111,8 @@ def transform_sample(
     keep = mask_utils.area(rles) > 0
     dropped = [_dropped(raw, i, Reason.EMPTY_MASK, "mask has no pixels")
                for i in np.flatnonzero(~keep)]
-    prompt = ops.pool_rles(rles, height=h, width=w, grid=grid)
+    runs, offsets = ops.rle_to_runs(rles)  # parsed once for both resizes
+    prompt = ops.pool_runs(runs, offsets, height=h, width=w, grid=grid)
     k0 = keep & (ops.count_k(prompt) == 0)
     prompt, keep, k_dropped = _apply_k_zero(raw, rles, prompt, keep, cfg)
     dropped += k_dropped
@@ -128,7 +129,9 @@ def transform_sample(
         key=sample_key(raw.source_id),
         image=image,
         gt_rles=kept,
-        rles_1024=ops.resize_rles(kept, height=h, width=w, size=cfg.image.size),
+        rles_1024=(ops.resize_runs(runs, offsets, height=h, width=w, size=cfg.image.size)
+                   if len(kept) == len(rles) else
+                   ops.resize_rles(kept, height=h, width=w, size=cfg.image.size)),
         prompt_masks=prompt[idx],
         k=ops.count_k(prompt[idx]),
         meta=_meta(raw, cfg, full, keep, k0, k0 & (ops.count_k(prompt) > 0)),

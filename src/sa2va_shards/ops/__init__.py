@@ -17,10 +17,18 @@ from sa2va_shards.ops.rle import (
     segmentation_to_rle,
     segmentations_to_rles,
 )
-from sa2va_shards.ops.rle_resize import pool_rles, resize_rles, rle_to_runs
+from sa2va_shards.ops.rle_resize import (
+    check_runs,
+    pool_rles,
+    pool_runs,
+    resize_rles,
+    resize_runs,
+    rle_to_runs,
+)
 
 __all__ = [
     "cell_coverage",
+    "check_runs",
     "count_k",
     "decode_image",
     "decode_segmentations",
@@ -30,9 +38,11 @@ __all__ = [
     "nearest_indices",
     "pool_masks",
     "pool_rles",
+    "pool_runs",
     "resize_image",
     "resize_masks",
     "resize_rles",
+    "resize_runs",
     "rle_decode",
     "select_masks",
     "rle_encode",

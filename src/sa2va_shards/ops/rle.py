@@ -12,7 +12,7 @@ import numpy as np
 from pycocotools import mask as mask_utils
 
 from sa2va_shards.errors import Reason, SampleError
-from sa2va_shards.ops.rle_resize import rle_to_runs
+from sa2va_shards.ops.rle_resize import check_runs
 
 __all__ = [
     "decode_segmentations",
@@ -42,6 +42,9 @@ def _polygon_rle(polys: list, height: int, width: int) -> dict:
 def segmentation_to_rle(seg: Any, height: int, width: int) -> dict:
     """One COCO segmentation (polygon list, uncompressed or compressed RLE) -> compressed RLE.
 
+    A compressed string is passed through unchecked: use `segmentations_to_rles`, which
+    checks every string before anything can decode it.
+
     Polygons are rasterised at (height, width) and merged (union, so overlapping polygons of one
     object stay binary). An RLE's own `size` must equal (height, width).
 
@@ -69,15 +72,8 @@ def segmentation_to_rle(seg: Any, height: int, width: int) -> dict:
         if sum(counts) != height * width:
             raise _bad(f"uncompressed RLE counts sum to {sum(counts)}, not H*W={height * width}")
         return mask_utils.frPyObjects(seg, height, width)
-    if isinstance(counts, bytes | str):
+    if isinstance(counts, bytes | str):  # checked in batch by segmentations_to_rles
         c = counts.encode("ascii", "replace") if isinstance(counts, str) else counts
-        # pycocotools decodes without bounds checks: a run total other than H*W would leave
-        # pixels undefined or write past the buffer, so check before decoding.
-        runs = _rle_runs(c)
-        if runs is None:
-            raise _bad("compressed RLE string is malformed")
-        if int(runs.sum()) != height * width:
-            raise _bad(f"RLE runs cover {int(runs.sum())} pixels, not H*W={height * width}")
         return {"size": [height, width], "counts": c}
     raise _bad(f"RLE counts must be a list or a string, got {type(counts).__name__}")
 
@@ -97,21 +93,18 @@ def rle_decode(rles: list[dict], *, height: int, width: int) -> np.ndarray:
     return decoded.transpose(2, 0, 1)
 
 
-def _rle_runs(counts: bytes) -> np.ndarray | None:
-    """Run lengths of a COCO compressed RLE string, or None if the string is malformed
-    (a character outside pycocotools' alphabet, a value cut off at the end, a negative run)."""
-    c = np.frombuffer(counts, np.uint8)
-    if c.size == 0:
-        return np.zeros(0, np.int64)
-    if ((c < 48) | (c >= 48 + 64)).any() or (int(c[-1]) - 48) & 0x20:
-        return None
-    runs, _ = rle_to_runs([{"counts": counts}])
-    return None if (runs < 0).any() else runs
-
-
 def segmentations_to_rles(segs: list[Any], *, height: int, width: int) -> list[dict]:
-    """COCO segmentations of one image -> compressed RLEs (checked; nothing decoded)."""
-    return [segmentation_to_rle(s, height, width) for s in segs]
+    """COCO segmentations of one image -> compressed RLEs, all checked, nothing decoded.
+
+    Raises:
+        SampleError: `bad_segmentation`, `mask_size_mismatch` (see `segmentation_to_rle`), or
+            `bad_segmentation` for a compressed string that is malformed or does not cover H*W.
+    """
+    rles = [segmentation_to_rle(s, height, width) for s in segs]
+    for i, err in enumerate(check_runs(rles, n_pixels=height * width)):
+        if err:
+            raise _bad(f"object {i}: {err}")
+    return rles
 
 
 def decode_segmentations(segs: list[Any], *, height: int, width: int) -> tuple[np.ndarray, list[dict]]:

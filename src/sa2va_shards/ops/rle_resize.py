@@ -15,7 +15,7 @@ from pycocotools import mask as mask_utils
 
 from sa2va_shards.ops.masks import nearest_indices
 
-__all__ = ["pool_rles", "resize_rles", "rle_to_runs"]
+__all__ = ["check_runs", "pool_rles", "pool_runs", "resize_rles", "resize_runs", "rle_to_runs"]
 
 
 def rle_to_runs(rles: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -40,6 +40,37 @@ def rle_to_runs(rles: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     # values per mask: a mask's string ends exactly at a value end
     value_offsets = np.concatenate([[0], np.searchsorted(ends, np.cumsum(lengths) - 1) + 1])
     return _undelta(x, value_offsets), value_offsets
+
+
+def check_runs(rles: list[dict], *, n_pixels: int) -> list[str | None]:
+    """Why each RLE string is unusable, or None: pycocotools decodes without bounds checks, so a
+    bad character, a value cut off at the end, a negative run or runs not summing to H*W must
+    be caught before it decodes.
+
+    Returns:
+        one entry per RLE: None when well-formed and covering exactly `n_pixels`.
+    """
+    strings = [r["counts"].encode() if isinstance(r["counts"], str) else r["counts"]
+               for r in rles]
+    lengths = np.array([len(s) for s in strings], np.int64)
+    c = np.frombuffer(b"".join(strings), np.uint8).astype(np.int64) - 48
+    owner = np.repeat(np.arange(len(strings)), lengths)
+    bad_char = np.bincount(owner[(c < 0) | (c >= 64)], minlength=len(strings)) > 0
+    last = c[np.maximum(np.cumsum(lengths) - 1, 0)] if c.size else np.zeros(len(strings), int)
+    cut = (lengths > 0) & ((last & 0x20) != 0)
+    errors: list[str | None] = [
+        "compressed RLE string is malformed" if b or t else None for b, t in zip(bad_char, cut)]
+    good = [i for i, e in enumerate(errors) if e is None]
+    runs, offsets = rle_to_runs([{"counts": strings[i]} for i in good])
+    run_owner = np.repeat(np.arange(len(good)), np.diff(offsets))
+    negative = np.bincount(run_owner[runs < 0], minlength=len(good)) > 0
+    totals = np.bincount(run_owner, weights=runs, minlength=len(good)).astype(np.int64)
+    for j, i in enumerate(good):
+        if negative[j]:
+            errors[i] = "compressed RLE string is malformed"
+        elif totals[j] != n_pixels:
+            errors[i] = f"RLE runs cover {totals[j]} pixels, not H*W={n_pixels}"
+    return errors
 
 
 def _undelta(x: np.ndarray, offsets: np.ndarray) -> np.ndarray:
@@ -80,11 +111,16 @@ def resize_rles(rles: list[dict], *, height: int, width: int,
     Returns:
         compressed RLE dicts with str counts, one per input.
     """
+    return resize_runs(*rle_to_runs(rles), height=height, width=width, size=size)
+
+
+def resize_runs(runs: np.ndarray, offsets: np.ndarray, *, height: int, width: int,
+                size: int | tuple[int, int]) -> list[dict]:
+    """`resize_rles` on already parsed runs (`rle_to_runs`), to parse a sample's RLEs once."""
     out_h, out_w = (size, size) if isinstance(size, int) else size
-    if not rles:
+    n, hw = len(offsets) - 1, height * width
+    if n == 0:
         return []
-    n, hw = len(rles), height * width
-    runs, offsets = rle_to_runs(rles)
     s, e = _one_intervals(runs, offsets, hw)
     # split each interval into per-column pieces (column index over the whole stack)
     c0, c1 = s // height, (e - 1) // height
@@ -147,7 +183,13 @@ def _encode_intervals(start: np.ndarray, end: np.ndarray, mask_id: np.ndarray, n
 
 def pool_rles(rles: list[dict], *, height: int, width: int, grid: int) -> np.ndarray:
     """(n, grid, grid) bool prompt masks straight from RLEs (torch legacy 'nearest')."""
-    if not rles:
+    return pool_runs(*rle_to_runs(rles), height=height, width=width, grid=grid)
+
+
+def pool_runs(runs: np.ndarray, offsets: np.ndarray, *, height: int, width: int,
+              grid: int) -> np.ndarray:
+    """`pool_rles` on already parsed runs."""
+    if len(offsets) == 1:
         return np.zeros((0, grid, grid), bool)
-    small = resize_rles(rles, height=height, width=width, size=grid)
+    small = resize_runs(runs, offsets, height=height, width=width, size=grid)
     return np.ascontiguousarray(mask_utils.decode(small).transpose(2, 0, 1) != 0)
