@@ -115,7 +115,8 @@ def scenario(tmp: Path, n: int, h: int, w: int, n_obj: int, ray_on: bool) -> lis
                                                       shard_size=shard)
     rows["sa2va-shards, serial, pillow resize"] = ours(root, tmp / "o2", runner="serial",
                                                        backend="pillow", shard_size=shard)
-    if ray_on:
+    if ray_on:  # warm-up: worker processes start and import torch/webdataset (~5 s) once
+        ours(root, tmp / "warm", runner="ray", cpus_per_task=1.0, shard_size=shard)
         rows["sa2va-shards, Ray, 1 worker"] = ours(root, tmp / "o3", runner="ray",
                                                    cpus_per_task=2.0, shard_size=shard)
         rows["sa2va-shards, Ray, 2 workers"] = ours(root, tmp / "o4", runner="ray",
