@@ -85,8 +85,11 @@ def decode_sample_json(data: bytes) -> Any:
 
 
 def _json_bytes(obj: Any) -> bytes:
-    # sort_keys + fixed separators: the same sample always gives the same bytes.
-    return json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False).encode()
+    # sort_keys + fixed separators: the same sample always gives the same bytes. Text from raw
+    # annotations may hold unpaired surrogates (valid in JSON escapes, not in UTF-8): they
+    # become '?' so every member is valid UTF-8; control characters are JSON-escaped.
+    text = json.dumps(obj, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return text.encode("utf-8", errors="replace")
 
 
 def encode_sample(s: ProcessedSample) -> dict[str, bytes]:

@@ -7,14 +7,21 @@ import io
 
 import numpy as np
 from PIL import Image
+from pycocotools import mask as mask_utils
 
 __all__ = [
+    "BAD_POLYGON",
     "SIZES",
+    "box_mask",
     "ellipse_polygon",
     "encode_image",
     "make_image",
     "random_objects",
+    "rle_runs",
+    "segmentation",
+    "shape_mask",
     "tiny_box",
+    "truncated_rle",
 ]
 
 #: (H, W) of synthetic images: COCO-like, odd, tall, wide, and smaller than the grid.
@@ -35,8 +42,10 @@ def make_image(rng: np.random.Generator, h: int, w: int) -> np.ndarray:
     return np.clip(base + noise, 0, 255).astype(np.uint8)
 
 
-def encode_image(rgb: np.ndarray, *, mode: str = "RGB", fmt: str = "JPEG") -> bytes:
-    """Encode an RGB array in a Pillow `mode` (RGB, L, CMYK, P, RGBA, LA, I;16)."""
+def encode_image(rgb: np.ndarray, *, mode: str = "RGB", fmt: str = "JPEG",
+                 exif_orientation: int | None = None) -> bytes:
+    """Encode an RGB array in a Pillow `mode` (RGB, L, CMYK, P, RGBA, LA, I;16), optionally
+    with an EXIF orientation tag (which readers must ignore)."""
     img = Image.fromarray(rgb)
     if mode == "I;16":
         gray = np.asarray(img.convert("L")).astype(np.uint16) * 257
@@ -45,8 +54,13 @@ def encode_image(rgb: np.ndarray, *, mode: str = "RGB", fmt: str = "JPEG") -> by
         img = img.quantize(64)
     elif mode != "RGB":
         img = img.convert(mode)
+    kwargs: dict = {"quality": 90} if fmt == "JPEG" else {}
+    if exif_orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = exif_orientation
+        kwargs["exif"] = exif
     buf = io.BytesIO()
-    img.save(buf, format=fmt, **({"quality": 90} if fmt == "JPEG" else {}))
+    img.save(buf, format=fmt, **kwargs)
     return buf.getvalue()
 
 
@@ -83,3 +97,49 @@ def random_objects(rng: np.random.Generator, h: int, w: int, n: int) -> list[tup
             y0, x0 = int(max(0, cy - rh)), int(max(0, cx - rw))
             shapes.append(("box", (y0, x0, int(min(h, cy + rh)) + 1, int(min(w, cx + rw)) + 1)))
     return shapes
+
+
+def rle_runs(m: np.ndarray) -> list[int]:
+    """Uncompressed COCO RLE counts of an (H, W) {0,1} mask (column-major runs, first run of 0s,
+    as COCO stores crowd regions)."""
+    flat = m.reshape(-1, order="F")
+    change = np.flatnonzero(np.diff(flat)) + 1
+    edges = np.concatenate([[0], change, [flat.size]])
+    runs = np.diff(edges).tolist()
+    return ([0] + runs) if flat[0] == 1 else runs
+
+
+def shape_mask(kind: str, shape: tuple, h: int, w: int) -> np.ndarray:
+    """(h, w) uint8 {0,1} for ('ellipse', (cx, cy, rx, ry)) or ('box', (y0, x0, y1, x1))."""
+    if kind == "box":
+        return box_mask(h, w, *shape)
+    cx, cy, rx, ry = shape
+    y, x = np.mgrid[0:h, 0:w]
+    return (((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1).astype(np.uint8)
+
+
+def segmentation(kind: str, shape: tuple, h: int, w: int, *, style: int) -> dict | list:
+    """A COCO segmentation of a shape in one of the three published encodings.
+
+    Args:
+        kind, shape: as returned by `random_objects`.
+        style: 0 polygon (ellipses only; boxes fall back to compressed RLE), 1 compressed RLE
+            (str counts), 2 uncompressed RLE (list counts).
+    """
+    if style == 0 and kind == "ellipse":
+        return [ellipse_polygon(*shape)]
+    m = shape_mask(kind, shape, h, w)
+    if style == 2:
+        return {"size": [h, w], "counts": rle_runs(m)}
+    rle = mask_utils.encode(np.asfortranarray(m))
+    return {"size": [h, w], "counts": rle["counts"].decode("ascii")}
+
+
+def truncated_rle(seg: dict) -> dict:
+    """A compressed RLE made malformed (cut in half, garbage tail): a `bad_segmentation`."""
+    counts = seg["counts"]
+    return {"size": list(seg["size"]), "counts": counts[: len(counts) // 2] + "zz"}
+
+
+#: a polygon with two points: pycocotools cannot rasterise it (a `bad_segmentation`).
+BAD_POLYGON: list[list[float]] = [[10.0, 10.0, 50.0, 50.0]]

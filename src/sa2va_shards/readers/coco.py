@@ -26,7 +26,8 @@ __all__ = ["CocoReader", "read_image_file"]
 #: fault kinds `synth` can inject (each adds one bad image next to the good ones).
 COCO_FAULTS = (
     "corrupt_image", "random_bytes", "zero_byte", "missing_image", "size_mismatch", "bad_rle",
-    "bad_polygon", "no_objects", "duplicate_id", "empty_mask",
+    "bad_polygon", "polygon_outside", "no_objects", "duplicate_id", "empty_mask", "too_large",
+    "mode_p", "mode_la", "mode_i16", "mode_cmyk", "exif_rotated", "text_control",
 )
 
 
@@ -161,8 +162,9 @@ def _runs(m: np.ndarray) -> list[int]:
     return ([0] + runs) if flat[0] == 1 else runs
 
 
-def _add_image(doc: dict, out_dir: Path, image_id: int, data: bytes, h: int, w: int) -> str:
-    name = f"{image_id:012d}.jpg"
+def _add_image(doc: dict, out_dir: Path, image_id: int, data: bytes, h: int, w: int,
+               ext: str = "jpg") -> str:
+    name = f"{image_id:012d}.{ext}"
     (out_dir / "images" / name).write_bytes(data)
     doc["images"].append({"id": image_id, "file_name": name, "height": h, "width": w})
     return name
@@ -188,29 +190,48 @@ def _synth_image(doc: dict, out_dir: Path, rng: np.random.Generator, *, image_id
         _add_ann(doc, image_id, seg, bbox, cat=1)
 
 
+def _fault_image(rng: np.random.Generator, fault: str, h: int, w: int) -> tuple[bytes, str]:
+    """The image file of a fault case: (bytes, file extension)."""
+    rgb = _synth.make_image(rng, h, w)
+    good = _synth.encode_image(rgb)
+    if fault in ("mode_p", "mode_la", "mode_i16"):  # must be converted, not rejected
+        return _synth.encode_image(rgb, mode={"mode_p": "P", "mode_la": "LA",
+                                              "mode_i16": "I;16"}[fault], fmt="PNG"), "png"
+    if fault == "exif_rotated":  # orientation 6 must be ignored: annotations are stored pixels
+        return _synth.encode_image(rgb, exif_orientation=6), "jpg"
+    return {"corrupt_image": good[: len(good) // 3], "random_bytes": rng.bytes(4096),
+            "zero_byte": b"", "mode_cmyk": _synth.encode_image(rgb, mode="CMYK")
+            }.get(fault, good), "jpg"
+
+
 def _synth_fault(doc: dict, out_dir: Path, rng: np.random.Generator, *, image_id: int,
                  fault: str) -> None:
-    h, w = 240, 320
-    good = _synth.encode_image(_synth.make_image(rng, h, w))
-    data = {"corrupt_image": good[: len(good) // 3], "random_bytes": rng.bytes(4096),
-            "zero_byte": b""}.get(fault, good)
-    name = _add_image(doc, out_dir, image_id, data, h, w)
+    """One image exercising `fault` (see COCO_FAULTS), with one good box object unless the
+    fault is about the objects themselves."""
+    h, w = (4200, 4200) if fault == "too_large" else (240, 320)
+    data, ext = _fault_image(rng, fault, h, w) if fault != "too_large" else (
+        _synth.encode_image(np.full((h, w, 3), 128, np.uint8)), "jpg")
+    name = _add_image(doc, out_dir, image_id, data, h, w, ext=ext)
     seg, bbox = _segmentation("box", (20, 30, 120, 200), h, w, style=1)
+    cat = 1
     if fault == "missing_image":
         (out_dir / "images" / name).unlink()
-    elif fault == "size_mismatch":
+    elif fault == "size_mismatch":  # the record says 250 rows, the file has 240
         doc["images"][-1].update(height=h + 10)
-        seg, bbox = _synth.ellipse_polygon(100, 80, 50, 40), [50.0, 40.0, 100.0, 80.0]
-        seg = [seg]
+        seg, bbox = [_synth.ellipse_polygon(100, 80, 50, 40)], [50.0, 40.0, 100.0, 80.0]
     elif fault == "bad_rle":
         seg = {"size": [h, w], "counts": seg["counts"][: len(seg["counts"]) // 2] + "zz"}
     elif fault == "bad_polygon":
         seg = [[10.0, 10.0, 50.0, 50.0]]
     elif fault == "duplicate_id":
         doc["images"].append(dict(doc["images"][-1]))
-    elif fault == "empty_mask":
-        empty = mask_utils.encode(np.zeros((h, w), np.uint8, order="F"))
-        _add_ann(doc, image_id, {"size": [h, w], "counts": empty["counts"].decode()},
-                 [0.0, 0.0, 0.0, 0.0], cat=2)
+    elif fault in ("empty_mask", "polygon_outside"):  # an extra object with no pixels
+        extra = ([_synth.ellipse_polygon(w + 100, h + 100, 30, 20)] if fault == "polygon_outside"
+                 else {"size": [h, w], "counts": mask_utils.encode(
+                     np.zeros((h, w), np.uint8, order="F"))["counts"].decode()})
+        _add_ann(doc, image_id, extra, [0.0, 0.0, 0.0, 0.0], cat=2)
+    elif fault == "text_control":  # control characters and an unpaired surrogate in a name
+        doc["categories"].append({"id": 99, "name": "bad\x00\x1b[31m\u2028\ud800name"})
+        cat = 99
     if fault != "no_objects":
-        _add_ann(doc, image_id, seg, bbox, cat=1)
+        _add_ann(doc, image_id, seg, bbox, cat=cat)
