@@ -1,0 +1,442 @@
+"""ShardDataset / ShardLoader: split, shuffle, resume, contents, device transforms, safety."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+import shutil
+import tarfile
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from numpy.lib import format as npformat
+from PIL import Image
+
+from pipeline.build import run_build
+from sa2va_shards import ops
+from sa2va_shards.config import VisionConfig
+from sa2va_shards.device import IMAGENET_MEAN, IMAGENET_STD, dynamic_grid, tile_count, to_device
+from sa2va_shards.errors import ConfigError
+from sa2va_shards.loader import (
+    CorruptDataError,
+    CorruptDataWarning,
+    LoaderConfig,
+    ShardDataset,
+    ShardLoader,
+    collate,
+)
+from sa2va_shards.schema import decode_npy, encode_npy
+from tests.helpers import make_config
+
+pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
+
+LIGHT = LoaderConfig(gt_masks="none", shuffle_buffer=4)  # counting tests: no mask decode
+
+
+@pytest.fixture(scope="module")
+def build(synth, tmp_path_factory) -> Path:
+    """10 COCO-style images -> 4 shards of <= 3 samples (fewer shards than some slot counts)."""
+    root = synth("coco", n_items=10, seed=3)
+    cfg = make_config(root, tmp_path_factory.mktemp("loader_build"), dataset="ldr",
+                      shards={"samples_per_shard": 3})
+    return run_build(cfg, runner="serial", progress=False).build_dir
+
+
+@pytest.fixture(scope="module")
+def all_keys(build) -> list[str]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(build / "samples.parquet").column("key").to_pylist()
+
+
+def _keys(loader) -> list[str]:
+    return [k for batch in loader for k in batch["keys"]]
+
+
+# -- split and shuffle --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("workers", [0, 1, 2, 3, 4])
+def test_every_key_exactly_once_for_any_ranks_and_workers(build, all_keys, world, workers):
+    seen = []
+    for rank in range(world):
+        ds = ShardDataset(build, LIGHT, rank=rank, world_size=world)
+        seen += _keys(ShardLoader(ds, batch_size=2, num_workers=workers))
+    assert sorted(seen) == sorted(all_keys)
+
+
+def test_shuffle_is_seeded_and_changes_per_epoch(build, all_keys):
+    def order(seed: int, epoch: int, **kw) -> list[str]:
+        ds = ShardDataset(build, LoaderConfig(gt_masks="none", seed=seed, **kw))
+        ds.set_epoch(epoch)
+        return [s["__key__"] for s in ds]
+
+    first = order(0, 0)
+    assert first == order(0, 0)
+    assert sorted(first) == sorted(all_keys)
+    assert order(0, 1) != first
+    assert order(1, 0) != first
+    assert order(0, 0, shuffle=False) == all_keys
+
+
+# -- resume -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_mid_epoch_yields_exactly_the_unseen_samples(build, all_keys, workers):
+    rng = np.random.default_rng(workers)
+    cfg = LoaderConfig(gt_masks="none", seed=7, shuffle_buffer=3)
+    full = ShardDataset(build, cfg)
+    full.set_epoch(2)
+    full_keys = _keys(ShardLoader(full, batch_size=2, num_workers=workers))
+    for stop in rng.integers(1, len(all_keys) // 2, size=2):
+        ds = ShardDataset(build, cfg)
+        ds.set_epoch(2)
+        loader, head = ShardLoader(ds, batch_size=2, num_workers=workers), []
+        for step, batch in enumerate(loader):
+            head += batch["keys"]
+            if step + 1 == stop:
+                break
+        state = json.loads(json.dumps(loader.state_dict()))  # JSON-able, as saved
+        fresh = ShardDataset(build, cfg)
+        fresh.load_state_dict(state)
+        tail = _keys(ShardLoader(fresh, batch_size=2, num_workers=workers))
+        assert not set(head) & set(tail)
+        assert sorted(head + tail) == sorted(all_keys)
+        if workers == 0:  # one stream: the restored run continues the very same order
+            assert head + tail == full_keys
+        assert fresh.state_dict()["positions"] == full.state_dict()["positions"]
+        again = _keys(ShardLoader(fresh, batch_size=2, num_workers=workers))
+        assert sorted(again) == sorted(all_keys)  # the state applied to one pass only
+
+
+def test_resume_refuses_another_layout(build):
+    ds = ShardDataset(build, LIGHT, rank=0, world_size=2)
+    next(iter(ds))
+    state = ds.state_dict()
+    with pytest.raises(ValueError, match="world_size"):
+        ShardDataset(build, LIGHT, rank=0, world_size=1).load_state_dict(state)
+    with pytest.raises(ValueError, match="seed"):
+        ShardDataset(build, LoaderConfig(gt_masks="none", shuffle_buffer=4, seed=1), rank=0,
+                     world_size=2).load_state_dict(state)
+    other = ShardDataset(build, LIGHT, rank=0, world_size=2)
+    other.load_state_dict(state)
+    with pytest.raises(ValueError, match="workers"):
+        _keys(ShardLoader(other, batch_size=2, num_workers=2))
+
+
+# -- contents -----------------------------------------------------------------------------------
+
+_REGION = re.compile(r"region(\d+)<vp>((?:<IMG_CONTEXT>)*)</vp>")
+_IMAGE = re.compile(r"<img>((?:<IMG_CONTEXT>)*)</img>")
+
+
+@pytest.mark.parametrize("max_tiles", [0, 12])
+def test_prompts_have_k_context_tokens_per_region(build, max_tiles):
+    cfg = LoaderConfig(gt_masks="none", k_zero="keep", max_tiles=max_tiles)
+    tokens, n = cfg.vision.tokens_per_image, 0
+    for s in ShardDataset(build, cfg):
+        first = s["conversation"][0]["input"]
+        (image,) = _IMAGE.findall(first)
+        assert image.count("<IMG_CONTEXT>") == tokens * s["num_tiles"]
+        regions = _REGION.findall(first)
+        assert [int(i) for i, _ in regions] == list(range(1, len(s["k"]) + 1))
+        assert [c.count("<IMG_CONTEXT>") for _, c in regions] == s["k"].tolist()
+        assert first.count("<IMG_CONTEXT>") == tokens * s["num_tiles"] + int(s["k"].sum())
+        assert len(s["conversation"]) == len(s["objects"]) == len(s["texts"])
+        assert s["prompt_masks"].dtype == torch.bool
+        assert s["prompt_masks"].shape[1:] == (cfg.vision.grid, cfg.vision.grid)
+        assert torch.equal(s["prompt_masks"].sum((1, 2)), s["k"])
+        meta = s["meta"]
+        grid = dynamic_grid(meta["width"], meta["height"], max_num=12) if max_tiles else (1, 1)
+        assert s["num_tiles"] == tile_count(grid)
+        n += 1
+    assert n > 0
+
+
+def test_k_zero_objects_dropped_for_captioning_only(build):
+    ks = [s["k"] for s in ShardDataset(build, LoaderConfig(gt_masks="none"))]
+    assert all((k > 0).all() for k in ks)
+    kept = [s["k"] for s in ShardDataset(build, LoaderConfig(gt_masks="none", k_zero="keep"))]
+    assert any((k == 0).any() for k in kept)  # the synth has few-pixel objects
+    seg = [s["k"] for s in ShardDataset(build, LoaderConfig(task="caption_to_mask"))]
+    assert sum(len(k) for k in seg) == sum(len(k) for k in kept)
+
+
+def test_stored_members_round_trip(build):
+    cfg = LoaderConfig(gt_masks="both", k_zero="keep", shuffle=False)
+    s = next(iter(ShardDataset(build, cfg)))
+    with tarfile.open(s["__url__"]) as tar:
+        m = {n.name.split(".", 1)[1]: tar.extractfile(n).read() for n in tar
+             if n.name.startswith(s["__key__"] + ".")}
+    image = ops.decode_image(m["jpg"], max_pixels=1 << 26)
+    assert torch.equal(s["image"][0], torch.from_numpy(image))
+    assert torch.equal(s["prompt_masks"], torch.from_numpy(decode_npy(m["prompt_masks.npy"])))
+    batch = to_device(collate([s]), "cpu")
+    h, w = s["meta"]["height"], s["meta"]["width"]
+    full = ops.rle_decode([_rle(r) for r in json.loads(m["gt_masks.json"])], height=h, width=w)
+    assert torch.equal(batch["gt_masks"][0], torch.from_numpy(full.astype(bool)))
+    m1024 = ops.rle_decode([_rle(r) for r in json.loads(m["masks_1024.json"])], height=1024,
+                           width=1024)
+    assert torch.equal(batch["gt_masks_1024"][0], torch.from_numpy(m1024.astype(bool)))
+    dense = next(iter(ShardDataset(build, LoaderConfig(gt_format="dense", k_zero="keep",
+                                                       shuffle=False))))
+    assert torch.equal(dense["gt_masks_1024"], torch.from_numpy(m1024))
+
+
+def _rle(r: dict) -> dict:
+    return {"size": r["size"], "counts": r["counts"].encode()}
+
+
+def test_max_objects_is_seeded_and_consistent(build):
+    cfg = LoaderConfig(max_objects=1, k_zero="keep", gt_masks="1024")
+    run = [(s["__key__"], s["object_index"]) for s in ShardDataset(build, cfg)]
+    assert run == [(s["__key__"], s["object_index"]) for s in ShardDataset(build, cfg)]
+    for s in ShardDataset(build, cfg):
+        assert len(s["object_index"]) == 1
+        assert len(s["k"]) == len(s["prompt_masks"]) == len(s["gt_masks_1024"]) == 1
+        assert s["objects"] == [s["meta"]["objects"][i] for i in s["object_index"]]
+    picks = []
+    for epoch in range(4):
+        ds = ShardDataset(build, cfg)
+        ds.set_epoch(epoch)
+        picks.append(dict((s["__key__"], s["object_index"]) for s in ds))
+    assert any(p != picks[0] for p in picks[1:])
+
+
+def test_caption_to_mask_turns_pair_one_seg_with_each_target(build):
+    for s in ShardDataset(build, LoaderConfig(task="caption_to_mask", gt_masks="1024")):
+        turns = s["conversation"]
+        assert s["task"] == "caption_to_mask"
+        assert len(turns) == len(s["gt_masks_1024"]) == len(s["texts"])
+        assert all(t["output"].count("[SEG]") == 1 for t in turns)
+        assert "<vp>" not in turns[0]["input"] and turns[0]["input"].startswith("<img>")
+        for t, text in zip(turns, s["texts"], strict=True):
+            assert text.lower().rstrip(".") in t["input"]
+    tasks = {s["task"] for s in ShardDataset(build, LoaderConfig(task="mixed"))}
+    assert tasks == {"mask_to_caption", "caption_to_mask"}
+
+
+def test_config_needs_gt_masks_for_referring():
+    with pytest.raises(ValueError, match="GT masks"):
+        LoaderConfig(task="caption_to_mask", gt_masks="none")
+
+
+# -- device transforms --------------------------------------------------------------------------
+
+
+def test_to_device_resizes_and_normalises_like_pillow(build):
+    cfg = LoaderConfig(gt_masks="none", max_tiles=6, shuffle=False)
+    batch = to_device(collate(list(ShardDataset(build, cfg))[:3]), "cpu")
+    pv, g = batch["pixel_values"], batch["g_pixel_values"]
+    assert g.dtype == torch.uint8 and g.shape == (3, 3, 1024, 1024)
+    assert pv.dtype == torch.float32 and pv.shape == (3, 3, 448, 448)
+    mean, std = torch.tensor(IMAGENET_MEAN).view(3, 1, 1), torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    for i in range(3):
+        hwc = g[i].permute(1, 2, 0).contiguous().numpy()
+        ref = np.asarray(Image.fromarray(hwc).resize((448, 448), Image.Resampling.BICUBIC))
+        ref = (torch.from_numpy(ref).permute(2, 0, 1).float() / 255 - mean) / std
+        level = 1 / (255 * min(IMAGENET_STD))  # torch's uint8 kernel rounds within 1 level
+        assert (pv[i] - ref).abs().max() <= level + 1e-5
+    assert pv.min() >= -2.2 and pv.max() <= 2.7
+    tiles, counts = batch["tiles"], batch["num_tiles"]
+    assert tiles.shape == (int(counts.sum()), 3, 448, 448)
+    ends = torch.cumsum(counts, 0)
+    for i in range(3):  # the thumbnail (the tile the prompt masks describe) comes last
+        assert torch.equal(tiles[ends[i] - 1], pv[i])
+
+
+def test_tiles_are_row_major_crops():
+    g = torch.randint(0, 256, (1, 3, 64, 64), dtype=torch.uint8)
+    batch = {"g_pixel_values": g, "frames_per_sample": torch.tensor([1]),
+             "tile_grid": torch.tensor([[3, 2]]), "num_tiles": torch.tensor([7])}
+    out = to_device(batch, "cpu", vision=VisionConfig(image_size=28, patch_size=14))
+    big = torch.nn.functional.interpolate(g, size=(56, 84), mode="bicubic", antialias=True)
+    big = (big.float() / 255 - torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        IMAGENET_STD).view(1, 3, 1, 1)
+    assert out["tiles"].shape == (7, 3, 28, 28)
+    for t in range(6):
+        r, c = divmod(t, 3)
+        crop = big[0, :, 28 * r:28 * (r + 1), 28 * c:28 * (c + 1)]
+        assert torch.allclose(out["tiles"][t], crop, atol=1e-5)
+
+
+def _sa2va_grid(width: int, height: int, max_num: int, image_size: int = 448) -> tuple:
+    """Verbatim logic of Sa2VA utils.py (find_closest_aspect_ratio + dynamic_preprocess)."""
+    aspect_ratio = width / height
+    target_ratios = {(i, j) for n in range(1, max_num + 1) for i in range(1, n + 1)
+                     for j in range(1, n + 1) if i * j <= max_num and i * j >= 1}
+    target_ratios = sorted(target_ratios, key=lambda x: x[0] * x[1])
+    best_ratio_diff, best_ratio, area = float("inf"), (1, 1), width * height
+    for ratio in target_ratios:
+        ratio_diff = abs(aspect_ratio - ratio[0] / ratio[1])
+        if ratio_diff < best_ratio_diff:
+            best_ratio_diff, best_ratio = ratio_diff, ratio
+        elif ratio_diff == best_ratio_diff:
+            if area > 0.5 * image_size * image_size * ratio[0] * ratio[1]:
+                best_ratio = ratio
+    return best_ratio
+
+
+def test_dynamic_grid_matches_sa2va():
+    known = {(640, 480): 13, (500, 375): 13, (640, 427): 7, (640, 640): 5, (1024, 1024): 10,
+             (1920, 1080): 9, (848, 480): 3, (448, 448): 1}
+    for (w, h), n in known.items():
+        assert tile_count(dynamic_grid(w, h, max_num=12)) == n, (w, h)
+    rng = np.random.default_rng(0)
+    sizes = [(int(a), int(b)) for a, b in rng.integers(1, 3000, size=(300, 2))]
+    sizes += [(448 * i, 448 * j) for i in range(1, 7) for j in range(1, 7)] + [(1, 1), (11, 15)]
+    for max_num in (1, 2, 4, 6, 12):
+        for w, h in sizes:
+            assert dynamic_grid(w, h, max_num=max_num) == _sa2va_grid(w, h, max_num), (w, h)
+
+
+# -- safety -------------------------------------------------------------------------------------
+
+
+def _copy_build(build: Path, dst: Path) -> Path:
+    shutil.copytree(build, dst / "build")
+    return dst / "build"
+
+
+def _rewrite(tar_path: Path, edit) -> None:
+    """Rewrite a shard with `edit(name, data) -> data | None` (None drops a member)."""
+    with tarfile.open(tar_path) as tar:
+        members = [(m.name, tar.extractfile(m).read()) for m in tar]
+    with tarfile.open(tar_path, "w") as tar:
+        for name, data in members:
+            for new_name, new_data in edit(name, data):
+                info = tarfile.TarInfo(new_name)
+                info.size = len(new_data)
+                tar.addfile(info, io.BytesIO(new_data))
+
+
+def test_truncated_shard_is_skipped_counted_and_warned(build, all_keys, tmp_path):
+    copy = _copy_build(build, tmp_path)
+    shard = sorted((copy / "shards").glob("*.tar"))[1]
+    with tarfile.open(shard) as tar:
+        lost = {m.name.split(".")[0] for m in tar}
+    shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2 + 100])
+    ds = ShardDataset(copy, LIGHT)
+    with pytest.warns(CorruptDataWarning, match="corrupt_shard"):
+        keys = _keys(ShardLoader(ds, batch_size=2, num_workers=2))
+    assert len(keys) == len(set(keys))
+    assert set(all_keys) - lost <= set(keys) < set(all_keys)
+    assert ds.stats["corrupt_shard"] == 1  # reported from a worker, through the batches
+    with pytest.raises(CorruptDataError):
+        list(ShardDataset(copy, LoaderConfig(gt_masks="none", strict=True)))
+
+
+def test_corrupt_members_are_skipped_and_counted(build, all_keys, tmp_path):
+    copy = _copy_build(build, tmp_path)
+    shard = sorted((copy / "shards").glob("*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        first, second, third = sorted({m.name.split(".")[0] for m in tar})[:3]
+    evil = encode_npy(np.zeros(1)).replace(b"'descr': '<f8'", b"'descr': '|O'")
+    huge = io.BytesIO()  # a header claiming 4e12 cells over the real 256-byte payload
+    npformat.write_array_header_1_0(huge, {"descr": "|b1", "fortran_order": False,
+                                           "shape": (10**10, 16, 16)})
+
+    def edit(name: str, data: bytes):
+        key, suffix = name.split(".", 1)
+        if key == first and suffix == "jpg":
+            data = data[: len(data) // 4]
+        if key == second and suffix == "k.npy":
+            data = evil  # an object array: only loadable by unpickling
+        if key == third and suffix == "prompt_masks.npy":
+            data = huge.getvalue() + b"\0" * 256
+        yield name, data
+
+    _rewrite(shard, edit)
+    _rewrite(sorted((copy / "shards").glob("*.tar"))[1],  # an unknown member is never opened
+             lambda name, data: [(name, data)] + ([(name.replace(".json", ".pickle"),
+                                                     b"\x80\x04bad")] if ".json" in name else []))
+    ds = ShardDataset(copy, LoaderConfig(shuffle=False))
+    with pytest.warns(CorruptDataWarning):
+        keys = [s["__key__"] for s in ds]
+    assert sorted(keys) == sorted(set(all_keys) - {first, second, third})
+    assert ds.stats["corrupt_image"] == 1 and ds.stats["bad_npy"] == 2
+    with pytest.raises(CorruptDataError, match="corrupt_image"):
+        list(ShardDataset(copy, LoaderConfig(strict=True, shuffle=False)))
+
+
+def test_samples_with_nothing_to_serve_are_counted_not_warned(build, all_keys, tmp_path):
+    copy = _copy_build(build, tmp_path)
+    shard = sorted((copy / "shards").glob("*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        key = sorted({m.name.split(".")[0] for m in tar})[0]
+
+    def edit(name: str, data: bytes):  # every object of `key` gets K = 0
+        if name.startswith(key + ".") and name.endswith("npy"):
+            data = encode_npy(np.zeros_like(decode_npy(data)))
+        yield name, data
+
+    _rewrite(shard, edit)
+    ds = ShardDataset(copy, LoaderConfig(gt_masks="none", strict=True))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", CorruptDataWarning)
+        keys = _keys(ShardLoader(ds, batch_size=2, num_workers=2))
+    assert sorted(keys) == sorted(set(all_keys) - {key})
+    assert ds.stats == {"no_usable_objects": 1}
+
+
+def test_preprocessing_mismatch_is_refused(build):
+    with pytest.raises(ConfigError, match="grid: build 16, loader 14"):
+        ShardDataset(build, LoaderConfig(vision=VisionConfig(patch_size=16)))
+    with pytest.raises(ConfigError, match="schema_version"):
+        ShardDataset(build, LoaderConfig(schema_version=99))
+    with pytest.raises(ConfigError, match="image_size"):
+        ShardDataset(build, LoaderConfig(image_size=512))
+    urls = sorted(str(p) for p in (build / "shards").glob("*.tar"))
+    assert ShardDataset(urls, LIGHT).card["version"] == build.name  # card found from URLs
+
+
+def test_shards_without_a_card_warn_or_refuse_when_strict(build, all_keys, tmp_path):
+    for tar in (build / "shards").glob("*.tar"):
+        shutil.copy(tar, tmp_path)
+    with pytest.warns(UserWarning, match="cannot be checked"):
+        ds = ShardDataset(tmp_path, LIGHT)
+    assert sorted(s["__key__"] for s in ds) == sorted(all_keys)
+    with pytest.raises(ConfigError, match="dataset.json"):
+        ShardDataset(str(tmp_path / "ldr-{000000..000003}.tar"),
+                     LoaderConfig(gt_masks="none", strict=True))
+
+
+def test_video_samples_stack_frames(build, tmp_path):
+    copy = _copy_build(build, tmp_path)
+    shard = sorted((copy / "shards").glob("*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        key = sorted({m.name.split(".")[0] for m in tar})[0]
+
+    def edit(name: str, data: bytes):  # the first sample becomes a 2-frame video
+        k, suffix = name.split(".", 1)
+        if k != key:
+            yield name, data
+        elif suffix == "jpg":
+            yield from ((f"{k}.f0000.jpg", data), (f"{k}.f0001.jpg", data))
+        elif suffix == "json":
+            yield name, json.dumps({**json.loads(data), "kind": "video"}).encode()
+        elif suffix in ("prompt_masks.npy", "k.npy"):
+            a = decode_npy(data)
+            yield name, encode_npy(np.stack([a, a]))
+        elif suffix.endswith(".json"):
+            yield name, json.dumps([json.loads(data)] * 2).encode()
+
+    _rewrite(shard, edit)
+    cfg = LoaderConfig(task="caption_to_mask", gt_masks="both", shuffle=False, max_tiles=12)
+    s = next(s for s in ShardDataset(copy, cfg) if s["__key__"] == key)
+    n = len(s["objects"])
+    assert s["kind"] == "video" and s["image"].shape == (2, 1024, 1024, 3)
+    assert s["prompt_masks"].shape == (2, n, 16, 16) and s["k"].shape == (2, n)
+    assert s["conversation"][0]["input"].count("<img>") == 2
+    batch = to_device(collate([s]), "cpu")
+    assert batch["pixel_values"].shape == (2, 3, 448, 448)
+    assert batch["frames_per_sample"].tolist() == [2] and batch["tiles"].shape[0] == 2
+    assert batch["gt_masks_1024"][0].shape == (2, n, 1024, 1024)
+    h, w = s["meta"]["height"], s["meta"]["width"]
+    assert batch["gt_masks"][0].shape == (2, n, h, w)
