@@ -11,6 +11,7 @@ Each configuration runs `--repeats` epochs (fresh workers each) and the best rat
 the machine is shared, so the best run is the one least disturbed by other processes.
 
 Usage: python benchmarks/bench_loader.py [--items 256] [--batch-size 8] [--workers 2] [--repeats 3]
+       python benchmarks/bench_loader.py --items 64 --size 2048x1536 --objects 20
 """
 
 from __future__ import annotations
@@ -106,8 +107,14 @@ def _best(make: Callable[[], Iterable[dict]], size_of: Callable[[dict], int],
     return max(_rate(make(), size_of) for _ in range(repeats))
 
 
-def _build(out: Path, items: int) -> tuple[Path, Path]:
-    raw = synth_dataset("coco", out / "raw", n_items=items, seed=0)
+def _build(out: Path, items: int, size: str | None, objects: int) -> tuple[Path, Path]:
+    if size:  # one fixed size, e.g. 2048x1536 with 20 objects (bench_build's generator)
+        from bench_build import make_dataset
+
+        w, h = map(int, size.split("x"))
+        raw = make_dataset(out / "raw", items, h, w, objects)
+    else:  # the COCO synth: mixed small sizes (<= 900x601), 1-6 objects
+        raw = synth_dataset("coco", out / "raw", n_items=items, seed=0)
     cfg = parse_config({"dataset": "bench", "reader": {"format": "coco", "root": str(raw)},
                         "out": str(out / "shards"), "shards": {"samples_per_shard": 32}})
     return raw, run_build(cfg, runner="serial", progress=False).build_dir
@@ -123,12 +130,14 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--size", help="WxH of every source image (default: the mixed COCO synth)")
+    p.add_argument("--objects", type=int, default=20, help="objects per image with --size")
     args = p.parse_args()
     torch.set_num_threads(1)  # the main process must not fight the workers for the 2 cores
     with tempfile.TemporaryDirectory() as tmp:
-        raw, build = _build(Path(tmp), args.items)
+        raw, build = _build(Path(tmp), args.items, args.size, args.objects)
         dl = dict(batch_size=args.batch_size, num_workers=args.workers)
-        print(f"{args.items} items, batch {args.batch_size}, {args.workers} workers, best of "
+        print(f"{args.size or 'mixed COCO-synth'}: {args.items} items, batch {args.batch_size}, {args.workers} workers, best of "
               f"{args.repeats}; load average {os.getloadavg()[0]:.2f}")
         base_ds = Sa2VAStyleDataset(raw)
         base, n_base = _best(lambda: DataLoader(base_ds, collate_fn=sa2va_collate, **dl),
