@@ -70,6 +70,11 @@ def test_every_key_exactly_once_for_any_ranks_and_workers(build, all_keys, world
     assert sorted(seen) == sorted(all_keys)
 
 
+def test_a_dataset_directory_reads_its_latest_version(build, all_keys):
+    ds = ShardDataset(build.parent, LIGHT)  # OUT/<dataset>: follows `latest`
+    assert sorted(_keys(ShardLoader(ds, batch_size=4, num_workers=0))) == sorted(all_keys)
+
+
 def test_shuffle_is_seeded_and_changes_per_epoch(build, all_keys):
     def order(seed: int, epoch: int, **kw) -> list[str]:
         ds = ShardDataset(build, LoaderConfig(gt_masks="none", seed=seed, **kw))

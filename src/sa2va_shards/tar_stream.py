@@ -19,6 +19,7 @@ from webdataset import tariterators
 
 from sa2va_shards.errors import SYSTEM_EXCEPTIONS, ConfigError
 from sa2va_shards.manifest import CARD
+from sa2va_shards.versions import read_latest
 
 __all__ = [
     "CorruptDataError",
@@ -59,11 +60,17 @@ def read_build(build: Path) -> tuple[dict[str, Any], dict[str, int]]:
 def resolve_source(source: str | Path | Sequence[str | Path]) -> tuple[list[str], Path | None]:
     """Shard URLs (in build order) and the build directory holding dataset.json, if found.
 
+    `source` is a build directory, a dataset directory (its `latest` version), a folder of
+    tars, a brace pattern or a list of URLs.
+
     Raises:
         ConfigError: nothing to read.
     """
     if isinstance(source, str | Path) and Path(source).is_dir():
         root = Path(source)
+        latest = read_latest(root)  # OUT/<dataset>: follow its `latest` pointer
+        if latest and not (root / CARD).is_file():
+            root = root / latest
         if (root / CARD).is_file() and (root / "shards.parquet").is_file():
             files = pq.read_table(root / "shards.parquet").column("file").to_pylist()
             return [str(root / "shards" / f) for f in files], root
