@@ -16,6 +16,9 @@ from typing import Any, ClassVar, Protocol
 from sa2va_shards.config import ReaderConfig
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.readers.coco import CocoReader
+from sa2va_shards.readers.describe_anything import DescribeAnythingReader
+from sa2va_shards.readers.osprey import OspreyReader
+from sa2va_shards.readers.refcoco import RefCocoReader
 from sa2va_shards.records import ItemRef, RawSample
 
 __all__ = ["READERS", "Reader", "get_reader", "synth_dataset"]
@@ -31,7 +34,12 @@ class Reader(Protocol):
 
 
 #: format name -> reader class (explicit, no import side effects).
-READERS: dict[str, Any] = {CocoReader.name: CocoReader}
+READERS: dict[str, Any] = {
+    CocoReader.name: CocoReader,
+    DescribeAnythingReader.name: DescribeAnythingReader,
+    OspreyReader.name: OspreyReader,
+    RefCocoReader.name: RefCocoReader,
+}
 
 
 def _reader_class(name: str) -> Any:

@@ -15,6 +15,7 @@ __all__ = [
     "box_mask",
     "ellipse_polygon",
     "encode_image",
+    "exploit_pickle",
     "make_image",
     "random_objects",
     "rle_runs",
@@ -143,3 +144,11 @@ def truncated_rle(seg: dict) -> dict:
 
 #: a polygon with two points: pycocotools cannot rasterise it (a `bad_segmentation`).
 BAD_POLYGON: list[list[float]] = [[10.0, 10.0, 50.0, 50.0]]
+
+
+def exploit_pickle(command: str) -> bytes:
+    """Protocol-0 pickle bytes that call `os.system(command)` when loaded by a plain
+    `pickle.loads`: the `unsafe_pickle` fault (our readers must refuse it unexecuted)."""
+    if "\n" in command:
+        raise ValueError("command must be one line")
+    return b"cos\nsystem\n(V" + command.encode("raw_unicode_escape") + b"\ntR."

@@ -1,0 +1,283 @@
+"""Describe Anything (DLC-SFT, `nvidia/describe-anything-dataset`), local extracted layout.
+
+On disk: `<root>/<SPLIT>/images/*.tar` WebDataset shards (SPLIT: COCOStuff, LVIS, Mapillary,
+OpenImages, PACO, SAV, ...) holding `{id}.jpg` + `{id}.pickle` (SAV: frames `{id}.{t}.jpg`,
+the first frame is used). The pickle holds one region dict or a list of them, each with
+`caption` (str) and `mask_rle` (COCO compressed RLE `{size: [H, W], counts}`); it is read with
+the restricted unpickler, so a pickle that names any class or function is an `unsafe_pickle`
+reject and is never executed.
+
+One sample = one image with all its regions (the third-party Sa2VA forks use one region per
+sample; the loader can sample). The light index reads only tar headers (member names, offsets,
+sizes); `load` reads the two members by offset, without parsing the tar again.
+
+Source id: `<SPLIT>_<id>` (the WebDataset key: the member path up to the first dot).
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import re
+import tarfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from sa2va_shards import ops
+from sa2va_shards.errors import ConfigError, Reason, SampleError
+from sa2va_shards.readers import _synth
+from sa2va_shards.readers._safe_pickle import safe_loads
+from sa2va_shards.records import ItemRef, RawSample
+
+__all__ = ["DAM_FAULTS", "DescribeAnythingReader"]
+
+#: fault kinds `synth` can inject: one record each, in split `COCOStuff`, id `fault_<kind>`.
+DAM_FAULTS: tuple[str, ...] = (
+    "missing_image", "corrupt_image", "size_mismatch", "bad_rle", "unsafe_pickle",
+    "corrupt_pickle", "no_objects", "bad_record",
+)
+#: image member suffixes: `jpg` or a frame `<t>.jpg` (SAV split); first match in sort order.
+_IMAGE_EXT = re.compile(r"^(?:(\d+)\.)?(jpg|jpeg|png)$")
+_PICKLE_EXTS = ("pickle", "pkl")
+#: region fields copied into the object record (besides the caption); plain scalars only.
+_SCALARS = (str, int, float, bool, type(None))
+
+
+def _split_member(name: str) -> tuple[str, str]:
+    """WebDataset key and suffix: `dir/abc.0.jpg` -> ('dir/abc', '0.jpg')."""
+    head, _, base = name.rpartition("/")
+    stem, _, ext = base.partition(".")
+    return (f"{head}/{stem}" if head else stem), ext
+
+
+def _image_rank(ext: str) -> tuple[int, str] | None:
+    m = _IMAGE_EXT.match(ext.lower())
+    return None if m is None else (int(m.group(1) or -1), ext)
+
+
+def _index_tar(path: Path, rel: str) -> dict[str, dict]:
+    """key -> {image: member, pickle: member} from the tar headers only."""
+    groups: dict[str, dict] = {}
+    try:
+        with tarfile.open(path, mode="r:") as tar:  # uncompressed only: load seeks by offset
+            for m in tar:
+                if not m.isfile():
+                    continue
+                key, ext = _split_member(m.name)
+                entry = {"name": m.name, "offset": m.offset_data, "size": m.size}
+                g = groups.setdefault(key, {})
+                rank = _image_rank(ext)
+                if rank is not None and (g.get("_rank") is None or rank < g["_rank"]):
+                    g.update(image=entry, _rank=rank)
+                elif ext.lower() in _PICKLE_EXTS:
+                    g["pickle"] = entry
+    except (tarfile.TarError, OSError) as e:
+        raise ConfigError(f"{rel}: cannot read tar headers: {e}") from e
+    return {k: {n: v for n, v in g.items() if n != "_rank"} for k, g in groups.items()}
+
+
+@dataclass(frozen=True, kw_only=True)
+class DescribeAnythingReader:
+    """Reads `<root>/<SPLIT>/images/*.tar` for each split."""
+
+    name: ClassVar[str] = "describe_anything"
+    #: folder holding one folder per split.
+    root: str
+    #: splits to read; empty means every folder under root that has `images/*.tar`.
+    splits: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        splits = (self.splits,) if isinstance(self.splits, str) else self.splits
+        if not isinstance(splits, list | tuple) or not all(isinstance(s, str) for s in splits):
+            raise ConfigError(f"reader.options.splits: expected a list of names, got {splits!r}")
+        object.__setattr__(self, "splits", tuple(splits))
+
+    def _split_names(self) -> list[str]:
+        root = Path(self.root)
+        if self.splits:
+            return list(self.splits)
+        found = sorted(p.parent.parent.name for p in root.glob("*/images/*.tar"))
+        if not found:
+            raise ConfigError(f"{root}: no <SPLIT>/images/*.tar found (check reader.root)")
+        return sorted(set(found))
+
+    def _tars(self, split: str) -> list[Path]:
+        tars = sorted((Path(self.root) / split / "images").glob("*.tar"))
+        if not tars:
+            raise ConfigError(f"{Path(self.root) / split / 'images'}: no .tar shards for split "
+                              f"{split!r} (check reader.root and reader.options.splits)")
+        return tars
+
+    def list_items(self) -> list[ItemRef]:
+        """One `ItemRef` per WebDataset key: tar path and the image / pickle members' offsets
+        and sizes (tar headers only; no image or pickle is read)."""
+        items = []
+        for split in self._split_names():
+            for tar in self._tars(split):
+                rel = tar.relative_to(self.root).as_posix()
+                items += [ItemRef(source_id=f"{split}_{key}",
+                                  data={"split": split, "tar": rel, "id": key, **members})
+                          for key, members in _index_tar(tar, rel).items()]
+        return sorted(items, key=lambda r: r.source_id)
+
+    def _read_member(self, ref: ItemRef, which: str) -> bytes:
+        entry, tar = ref.data.get(which), ref.data["tar"]
+        if entry is None:
+            reason = Reason.MISSING_IMAGE if which == "image" else Reason.BAD_ANNOTATION
+            raise SampleError(reason, f"{tar}: key {ref.data['id']!r} has no {which} member")
+        try:
+            with open(Path(self.root) / tar, "rb") as f:
+                f.seek(entry["offset"])
+                data = f.read(entry["size"])
+        except OSError as e:
+            raise SampleError(Reason.MISSING_IMAGE, f"{tar}: {type(e).__name__}: {e}") from e
+        if len(data) != entry["size"]:  # the tar changed or was cut after indexing
+            raise SampleError(Reason.CORRUPT_IMAGE if which == "image" else Reason.BAD_ANNOTATION,
+                              f"{tar}:{entry['name']}: truncated ({len(data)} of {entry['size']} "
+                              "bytes)")
+        return data
+
+    def load(self, ref: ItemRef) -> RawSample:
+        """Read the image and the region pickle; masks stay the RLEs the pickle holds.
+
+        Raises:
+            SampleError: `unsafe_pickle`, `bad_annotation` (corrupt pickle, unexpected
+                structure, missing pickle member), `missing_image`, `bad_segmentation`,
+                `mask_size_mismatch` (regions of different sizes).
+        """
+        where = f"{ref.data['tar']}:{(ref.data.get('pickle') or {}).get('name', ref.data['id'])}"
+        regions = _regions(safe_loads(self._read_member(ref, "pickle"), name=where), where)
+        image = self._read_member(ref, "image")
+        segs = [r["mask_rle"] for r in regions]
+        h, w = _rle_size(segs[0], where) if segs else (0, 0)
+        rles = ops.segmentations_to_rles(segs, height=h, width=w)
+        return RawSample(
+            source_id=ref.source_id, image=image,
+            image_name=f"{ref.data['tar']}:{ref.data['image']['name']}", rles=tuple(rles),
+            objects=tuple(_object(i, r) for i, r in enumerate(regions)),
+            meta={"split": ref.data["split"], "tar": ref.data["tar"], "id": ref.data["id"]},
+        )
+
+    @staticmethod
+    def synth(out_dir: Path, *, n_items: int = 24, seed: int = 0,
+              faults: tuple[str, ...] = ()) -> Path:
+        """Write a DLC-SFT-style set: splits COCOStuff, LVIS and SAV (frames `{id}.{t}.jpg`),
+        two tars per split, pickles of one region dict or a list of them (protocols 2-5,
+        counts as str or bytes), a 2x2 region (K = 0) in every third record; plus one record
+        per fault kind in COCOStuff."""
+        unknown = set(faults) - set(DAM_FAULTS)
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; known: {DAM_FAULTS}")
+        rng = np.random.default_rng(seed)
+        shards: dict[str, list[dict[str, bytes]]] = {}
+        for i in range(n_items):
+            split = _SYNTH_SPLITS[i % len(_SYNTH_SPLITS)]
+            shards.setdefault(f"{split}/images/{split}-{i % 2:04d}.tar", []).append(
+                _synth_record(rng, i, split))
+        for fault in faults:
+            shards.setdefault("COCOStuff/images/COCOStuff-0000.tar", []).append(
+                _synth_fault(rng, fault, out_dir))
+        for rel, records in shards.items():
+            _write_tar(out_dir / rel, records)
+        return out_dir
+
+
+def _regions(obj: Any, where: str) -> list[dict]:
+    """The region dicts of one record: a dict with `mask_rle`, or a list of them."""
+    regions = [obj] if isinstance(obj, dict) else obj
+    if not isinstance(regions, list) or not all(
+            isinstance(r, dict) and "mask_rle" in r for r in regions):
+        raise SampleError(Reason.BAD_ANNOTATION,
+                          f"{where}: expected a region dict or a list of region dicts with "
+                          f"'mask_rle', got {type(obj).__name__}")
+    return regions
+
+
+def _rle_size(seg: Any, where: str) -> tuple[int, int]:
+    try:
+        h, w = (int(v) for v in seg["size"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise SampleError(Reason.BAD_SEGMENTATION, f"{where}: mask_rle has no [H, W] size: "
+                                                   f"{type(e).__name__}: {e}",
+                          stage="decode") from e
+    return h, w
+
+
+def _object(i: int, region: dict) -> dict:
+    """Object record: region number, caption, and the region's other plain scalar fields."""
+    extra = {k: v for k, v in region.items()
+             if k not in ("mask_rle", "id") and isinstance(k, str) and isinstance(v, _SCALARS)}
+    caption = region.get("caption")
+    return {**extra, "id": i + 1, "caption": caption if isinstance(caption, str) else None}
+
+
+# --- synth -------------------------------------------------------------------------------------
+
+_SYNTH_SPLITS = ("COCOStuff", "LVIS", "SAV")
+_WORDS = ("A red mug with a chipped rim", "A dog lying on a striped towel",
+          "The left wheel of a bicycle", "A tall lamp with a white shade")
+
+
+def _rle_of(kind: str, shape: tuple, h: int, w: int, *, as_bytes: bool) -> dict:
+    seg = _synth.segmentation(kind, shape, h, w, style=1)
+    return {"size": seg["size"],
+            "counts": seg["counts"].encode("ascii") if as_bytes else seg["counts"]}
+
+
+def _synth_record(rng: np.random.Generator, i: int, split: str) -> dict[str, bytes]:
+    h, w = _synth.SIZES[i % len(_synth.SIZES)]
+    shapes = _synth.random_objects(rng, h, w, int(rng.integers(1, 4)))
+    if i % 3 == 0:
+        shapes.append(("box", _synth.tiny_box(h, w)))
+    regions = [{"caption": str(rng.choice(_WORDS)) + ".", "img_id": f"{split.lower()}_{i}",
+                "mask_rle": _rle_of(kind, shape, h, w, as_bytes=bool(j % 2))}
+               for j, (kind, shape) in enumerate(shapes)]
+    payload: Any = regions[0] if len(regions) == 1 else regions
+    key = f"{split.lower()}_{i:06d}"
+    image = _synth.encode_image(_synth.make_image(rng, h, w))
+    pkl = pickle.dumps(payload, protocol=2 + i % 4)
+    if split == "SAV":  # video records: frames {id}.{t}.jpg, the first one is annotated
+        later = _synth.encode_image(_synth.make_image(rng, h, w))
+        return {f"{key}.0.jpg": image, f"{key}.1.jpg": later, f"{key}.pickle": pkl}
+    return {f"{key}.jpg": image, f"{key}.pickle": pkl}
+
+
+def _synth_fault(rng: np.random.Generator, fault: str, out_dir: Path) -> dict[str, bytes]:
+    h, w = 240, 320
+    key = f"fault_{fault}"
+    image = _synth.encode_image(_synth.make_image(rng, h, w))
+    rle = _rle_of("box", (20, 30, 120, 200), h, w, as_bytes=False)
+    payload: Any = [{"caption": "A box.", "mask_rle": rle}]
+    if fault == "size_mismatch":  # RLE size from the record, real image 10 rows shorter
+        image = _synth.encode_image(_synth.make_image(rng, h - 10, w))
+    elif fault == "bad_rle":
+        payload[0]["mask_rle"] = _synth.truncated_rle(rle)
+    elif fault == "no_objects":
+        payload = []
+    elif fault == "bad_record":
+        payload = {"caption": "no mask here"}
+    pkl = pickle.dumps(payload, protocol=4)
+    if fault == "unsafe_pickle":
+        pkl = _synth.exploit_pickle(f"touch {out_dir / 'PWNED'}")
+    elif fault == "corrupt_pickle":
+        pkl = pkl[: len(pkl) // 2]
+    members = {f"{key}.pickle": pkl}
+    if fault != "missing_image":
+        members[f"{key}.jpg"] = image[: len(image) // 3] if fault == "corrupt_image" else image
+    return members
+
+
+def _write_tar(path: Path, records: list[dict[str, bytes]]) -> None:
+    """A deterministic tar (sorted members, fixed mtime / owner), as WebDataset writes."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    members = sorted((name, data) for rec in records for name, data in rec.items())
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
+        for name, data in members:
+            info = tarfile.TarInfo(name)
+            info.size, info.mtime, info.mode = len(data), 0, 0o644
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            tar.addfile(info, io.BytesIO(data))

@@ -1,0 +1,279 @@
+"""Osprey-724K: region-level instruction data, as Sa2VA's five Osprey VP datasets read it.
+
+On disk: `<root>/Osprey-724K/<file>.json`, each a top-level list; one element = one sample =
+`{file_name, height, width, annotation: [{segmentation, ...}], conversations: [{from, value}]}`
+(`description: [str]`, one per region, in `osprey_detail_description.json`). Images are looked
+up by the raw `file_name` in the COCO folders, first hit wins (as Sa2VA does; Osprey's own
+loader strips the `COCO_train2014_` prefix, Sa2VA does not). Masks are decoded at the JSON
+height/width (Sa2VA does the same); the transform rejects a mismatch with the real image.
+
+Source id: `<file stem>_<index in the list, 7 digits>`, e.g. `osprey_conversation_0000042`.
+Region i of a sample is "region{i+1}" in its text; objects carry that as `region`.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Any, ClassVar
+
+import numpy as np
+
+from sa2va_shards import ops
+from sa2va_shards.errors import ConfigError, Reason, SampleError
+from sa2va_shards.readers import _synth
+from sa2va_shards.records import ItemRef, RawSample
+
+__all__ = ["OSPREY_FAULTS", "OSPREY_FILES", "OspreyReader"]
+
+#: the five published files (Sa2VA registers one dataset per file).
+OSPREY_FILES: tuple[str, ...] = (
+    "osprey_conversation.json",
+    "osprey_detail_description.json",
+    "osprey_short_form.json",
+    "osprey_part_level.json",
+    "osprey_lvis_positive_negative.json",
+)
+#: Sa2VA's image folders, searched in this order.
+COCO_IMAGE_DIRS: tuple[str, ...] = (
+    "coco/train2014", "coco/val2014", "coco/train2017", "coco/val2017",
+)
+#: fault kinds `synth` can inject (appended to osprey_conversation.json, file_name
+#: `fault_<kind>.jpg`).
+OSPREY_FAULTS: tuple[str, ...] = (
+    "missing_image", "corrupt_image", "size_mismatch", "bad_rle", "bad_polygon", "no_objects",
+    "bad_record", "empty_mask",
+)
+#: digits of the list index in a source id (the largest file has ~200k elements).
+_INDEX_DIGITS = 7
+#: sample-level text fields kept as published (the loader builds the Sa2VA prompts from them).
+_TEXT_FIELDS = ("conversations", "description")
+
+
+def _as_tuple(value: Any, what: str) -> tuple[str, ...]:
+    if isinstance(value, str):
+        return (value,)
+    if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
+        raise ConfigError(f"reader.options.{what}: expected a list of strings, got {value!r}")
+    return tuple(value)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OspreyReader:
+    """Reads the Osprey-724K JSON files under `<root>/<annotations>` and COCO images."""
+
+    name: ClassVar[str] = "osprey"
+    #: folder holding `Osprey-724K/` and `coco/` (Sa2VA's `data/osprey-724k`).
+    root: str
+    #: which JSON files to read (names in `annotations`; `.json` may be left off).
+    files: tuple[str, ...] = OSPREY_FILES
+    #: folder of the JSON files, relative to root.
+    annotations: str = "Osprey-724K"
+    #: image folders relative to root (or absolute), searched in order; the first hit wins.
+    image_dirs: tuple[str, ...] = COCO_IMAGE_DIRS
+
+    def __post_init__(self) -> None:
+        # YAML gives lists; tuples keep the frozen reader hashable and its repr stable
+        files = tuple(f if f.endswith(".json") else f"{f}.json"
+                      for f in _as_tuple(self.files, "files"))
+        if not files:
+            raise ConfigError("reader.options.files: empty; name at least one Osprey JSON file")
+        if len({Path(f).stem for f in files}) != len(files):
+            raise ConfigError(f"reader.options.files: repeated file in {list(files)}")
+        image_dirs = _as_tuple(self.image_dirs, "image_dirs")
+        if not image_dirs:
+            raise ConfigError("reader.options.image_dirs: empty; name the COCO image folders")
+        object.__setattr__(self, "files", files)
+        object.__setattr__(self, "image_dirs", image_dirs)
+
+    def _read_list(self, file: str) -> list:
+        path = Path(self.root) / self.annotations / file
+        try:
+            with open(path, encoding="utf-8") as f:
+                data = json.load(f)
+        except FileNotFoundError as e:
+            raise ConfigError(f"{path}: Osprey file not found (check reader.root and "
+                              "reader.options.files)") from e
+        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise ConfigError(f"{path}: cannot read Osprey annotations: {e}") from e
+        if not isinstance(data, list):
+            raise ConfigError(f"{path}: expected a top-level JSON list, got "
+                              f"{type(data).__name__}")
+        return data
+
+    def list_items(self) -> list[ItemRef]:
+        """One `ItemRef` per JSON element of every selected file.
+
+        Each ref carries its whole element, so `load` never re-reads the (large) JSON; as
+        compact JSON text, because parsed polygons and turns take ~4x the memory of their
+        text, in the driver's index and in every shard plan shipped to a worker.
+        """
+        items = []
+        for file in self.files:  # one file parsed at a time
+            stem = Path(file).stem
+            items += [ItemRef(source_id=f"{stem}_{i:0{_INDEX_DIGITS}d}",
+                              data={"file": file, "index": i, "record": _compact(rec)})
+                      for i, rec in enumerate(self._read_list(file))]
+        return sorted(items, key=lambda r: r.source_id)
+
+    def _read_image(self, file_name: str) -> tuple[str, bytes]:
+        for folder in self.image_dirs:
+            rel = f"{folder}/{file_name}"
+            try:
+                return rel, (Path(self.root) / rel).read_bytes()
+            except (FileNotFoundError, NotADirectoryError):
+                continue
+            except OSError as e:
+                raise SampleError(Reason.MISSING_IMAGE, f"{rel}: {type(e).__name__}: "
+                                                        f"{e.strerror}") from e
+        raise SampleError(Reason.MISSING_IMAGE,
+                          f"{file_name}: not in any of {', '.join(self.image_dirs)}")
+
+    def load(self, ref: ItemRef) -> RawSample:
+        """Read the image (first folder that has it) and the regions' masks as RLEs at the
+        JSON height/width.
+
+        Raises:
+            SampleError: `bad_annotation` (malformed element), `missing_image`,
+                `bad_segmentation`, `mask_size_mismatch` (an RLE whose size is not the JSON's).
+        """
+        where = f"{ref.data['file']}[{ref.data['index']}]"
+        rec = json.loads(ref.data["record"])
+        file_name, h, w, anns = _parse_record(rec, where)
+        rel, data = self._read_image(file_name)
+        rles = ops.segmentations_to_rles([a.get("segmentation") for a in anns], height=h, width=w)
+        meta = {"file_name": file_name, "task": Path(ref.data["file"]).stem,
+                **{k: rec[k] for k in _TEXT_FIELDS if k in rec}}
+        return RawSample(source_id=ref.source_id, image=data, image_name=rel, rles=tuple(rles),
+                         objects=tuple(_region(i, a) for i, a in enumerate(anns)), meta=meta)
+
+    @staticmethod
+    def synth(out_dir: Path, *, n_items: int = 24, seed: int = 0,
+              faults: tuple[str, ...] = ()) -> Path:
+        """Write an Osprey-724K-style set: the five JSON files (item i goes to file i % 5) with
+        conversations / descriptions that name `<regionN>`, images spread over the four COCO
+        folders (one name also in a later folder, at another size, so lookup order matters),
+        polygons, compressed and uncompressed RLE, a 2x2 region (K = 0) in every third
+        element; plus one element per fault kind, appended to osprey_conversation.json."""
+        unknown = set(faults) - set(OSPREY_FAULTS)
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; known: {OSPREY_FAULTS}")
+        rng = np.random.default_rng(seed)
+        for folder in COCO_IMAGE_DIRS:
+            (out_dir / folder).mkdir(parents=True, exist_ok=True)
+        docs: dict[str, list] = {f: [] for f in OSPREY_FILES}
+        for i in range(n_items):
+            file = OSPREY_FILES[i % len(OSPREY_FILES)]
+            docs[file].append(_synth_element(out_dir, rng, i, Path(file).stem))
+        docs[OSPREY_FILES[0]] += [_synth_fault(out_dir, rng, f) for f in faults]
+        (out_dir / "Osprey-724K").mkdir(parents=True, exist_ok=True)
+        for file, doc in docs.items():
+            (out_dir / "Osprey-724K" / file).write_text(json.dumps(doc))
+        return out_dir
+
+
+def _compact(rec: Any) -> str:
+    return json.dumps(rec, separators=(",", ":"), ensure_ascii=False)
+
+
+def _parse_record(rec: Any, where: str) -> tuple[str, int, int, list[dict]]:
+    """(file_name, height, width, annotation list) of one element, checked."""
+    try:
+        file_name, h, w = str(rec["file_name"]), int(rec["height"]), int(rec["width"])
+        anns = rec.get("annotation", [])
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        raise SampleError(Reason.BAD_ANNOTATION, f"{where}: {type(e).__name__}: {e}") from e
+    parts = PurePosixPath(file_name).parts
+    if not parts or PurePosixPath(file_name).is_absolute() or ".." in parts:
+        raise SampleError(Reason.BAD_ANNOTATION,  # never read outside the image folders
+                          f"{where}: file_name {file_name!r} is not a relative path")
+    if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
+        raise SampleError(Reason.BAD_ANNOTATION, f"{where}: annotation must be a list of dicts")
+    return file_name, h, w, anns
+
+
+def _region(i: int, ann: dict) -> dict:
+    """Object record of region i: its number as the text names it, plus the raw extra fields
+    (bbox, category_id, ...); a raw `id` is kept as `ann_id` so `id` is the region number."""
+    extra = {k: v for k, v in ann.items() if k != "segmentation"}
+    if "id" in extra:
+        extra["ann_id"] = extra.pop("id")
+    return {**extra, "id": i + 1, "region": f"region{i + 1}"}
+
+
+# --- synth -------------------------------------------------------------------------------------
+
+_COLORS = ("red", "blue", "green", "grey", "yellow", "brown")
+_NOUNS = ("dog", "person", "cup", "chair", "car", "cat")
+
+
+def _image_name(folder: str, image_id: int) -> str:
+    # 2014 folders hold COCO_<split>_<id>.jpg, 2017 folders <id>.jpg, as downloaded
+    split = folder.rsplit("/", 1)[-1]
+    return f"COCO_{split}_{image_id:012d}.jpg" if split.endswith("2014") else f"{image_id:012d}.jpg"
+
+
+def _texts(task: str, n: int, rng: np.random.Generator) -> dict[str, Any]:
+    words = [f"{rng.choice(_COLORS)} {rng.choice(_NOUNS)}" for _ in range(n)]
+    if task == "osprey_detail_description":
+        return {"description": [f"<region{i + 1}>: A {w} seen from the side, partly in shadow."
+                                for i, w in enumerate(words)]}
+    question = {"osprey_short_form": "What is <region{r}>?",
+                "osprey_part_level": "Which part of the object is <region{r}>?",
+                "osprey_lvis_positive_negative": "Is <region{r}> a {w}?"}.get(
+        task, "What can you tell me about <region{r}>?")
+    turns = []
+    for i, w in enumerate(words):
+        q = question.format(r=i + 1, w=w)
+        turns += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + q},
+                  {"from": "gpt", "value": f"It is a {w}." if "short" not in task else w}]
+    return {"conversations": turns}
+
+
+def _synth_regions(rng: np.random.Generator, h: int, w: int, i: int) -> list[dict]:
+    shapes = _synth.random_objects(rng, h, w, int(rng.integers(1, 5)))
+    if i % 3 == 0:  # a few-pixel region: K = 0 under nearest
+        shapes.append(("box", _synth.tiny_box(h, w)))
+    return [{"segmentation": _synth.segmentation(kind, shape, h, w, style=(i + j) % 3),
+             "category_id": int(rng.integers(1, 81))}
+            for j, (kind, shape) in enumerate(shapes)]
+
+
+def _synth_element(out_dir: Path, rng: np.random.Generator, i: int, task: str) -> dict:
+    h, w = _synth.SIZES[i % len(_synth.SIZES)]
+    folder = COCO_IMAGE_DIRS[i % len(COCO_IMAGE_DIRS)]
+    name = _image_name(folder, 100 + i)
+    (out_dir / folder / name).write_bytes(_synth.encode_image(_synth.make_image(rng, h, w)))
+    if i == 1:  # a same-named, differently sized file in a later folder must not be used
+        decoy = _synth.encode_image(_synth.make_image(rng, h // 2 + 3, w // 2 + 5))
+        (out_dir / COCO_IMAGE_DIRS[-1] / name).write_bytes(decoy)
+    regions = _synth_regions(rng, h, w, i)
+    return {"file_name": name, "height": h, "width": w, "annotation": regions,
+            **_texts(task, len(regions), rng)}
+
+
+def _synth_fault(out_dir: Path, rng: np.random.Generator, fault: str) -> dict:
+    h, w = 240, 320
+    name = f"fault_{fault}.jpg"
+    good = _synth.encode_image(_synth.make_image(rng, h, w))
+    if fault != "missing_image":
+        data = good[: len(good) // 3] if fault == "corrupt_image" else good
+        (out_dir / COCO_IMAGE_DIRS[2] / name).write_bytes(data)
+    seg: Any = _synth.segmentation("box", (20, 30, 120, 200), h, w, style=1)
+    regions = [{"segmentation": seg}]
+    if fault == "bad_rle":
+        regions = [{"segmentation": _synth.truncated_rle(seg)}]
+    elif fault == "bad_polygon":
+        regions = [{"segmentation": _synth.BAD_POLYGON}]
+    elif fault == "no_objects":
+        regions = []
+    elif fault == "size_mismatch":  # a polygon: decoded at the JSON size, then rejected
+        regions = [{"segmentation": [_synth.ellipse_polygon(100, 80, 50, 40)]}]
+    elif fault == "empty_mask":  # written, with the empty region dropped as an object reject
+        regions.append({"segmentation": _synth.segmentation("box", (0, 0, 0, 0), h, w, style=1)})
+    elem = {"file_name": name, "height": h + 10 if fault == "size_mismatch" else h, "width": w,
+            "annotation": regions, **_texts("osprey_conversation", max(len(regions), 1), rng)}
+    if fault == "bad_record":
+        del elem["height"]
+    return elem

@@ -1,0 +1,103 @@
+"""Reading a finished build back with stock tools, and the independent oracle for prompt masks:
+pycocotools on the raw annotation, then torch `interpolate(mode='nearest')`. None of it goes
+through sa2va_shards code paths."""
+
+from __future__ import annotations
+
+import io
+import json
+import tarfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+import torch.nn.functional as F
+from pycocotools import mask as mask_utils
+
+GRID = 16
+
+
+def read_shards(build_dir: Path) -> dict[str, dict[str, bytes]]:
+    """key -> {member suffix: bytes} over every shard of a build."""
+    samples: dict[str, dict[str, bytes]] = {}
+    for tar_path in sorted((Path(build_dir) / "shards").glob("*.tar")):
+        with tarfile.open(tar_path) as tar:
+            for m in tar:
+                key, _, suffix = m.name.partition(".")
+                samples.setdefault(key, {})[suffix] = tar.extractfile(m).read()
+    return samples
+
+
+def read_rejects(build_dir: Path) -> list[dict]:
+    """Rows of rejects.parquet."""
+    return pq.read_table(Path(build_dir) / "rejects.parquet").to_pylist()
+
+
+def decode_raw(seg: Any, h: int, w: int) -> np.ndarray:
+    """(h, w) uint8 mask of a raw COCO segmentation, the way Sa2VA's `annToMask` does it."""
+    if isinstance(seg, list):
+        rle = mask_utils.merge(mask_utils.frPyObjects(seg, h, w))
+    elif isinstance(seg["counts"], list):
+        rle = mask_utils.frPyObjects(seg, h, w)
+    else:
+        counts = seg["counts"]
+        rle = {"size": list(seg["size"]),
+               "counts": counts.encode() if isinstance(counts, str) else counts}
+    return mask_utils.decode(rle)
+
+
+def torch_prompt(mask: np.ndarray) -> np.ndarray:
+    """(16, 16) bool: torch legacy nearest on the full-resolution mask."""
+    t = torch.from_numpy(np.ascontiguousarray(mask))[None, None].float()
+    return F.interpolate(t, size=(GRID, GRID), mode="nearest")[0, 0].numpy() != 0
+
+
+def check_prompt_masks(build_dir: Path,
+                       raw_mask: Callable[[dict, dict], np.ndarray]) -> tuple[int, int]:
+    """Compare every written object's prompt mask and K with the oracle.
+
+    Args:
+        raw_mask: (sample json, object record) -> the object's full-resolution mask decoded
+            independently from the raw annotation.
+
+    Returns:
+        (objects checked, objects with K = 0).
+    """
+    checked = k_zero = 0
+    for key, m in read_shards(build_dir).items():
+        meta = json.loads(m["json"])
+        prompt = np.load(io.BytesIO(m["prompt_masks.npy"]), allow_pickle=False)
+        k = np.load(io.BytesIO(m["k.npy"]), allow_pickle=False)
+        assert prompt.shape == (len(meta["objects"]), GRID, GRID) and k.shape == prompt.shape[:1]
+        for i, obj in enumerate(meta["objects"]):
+            mask = raw_mask(meta, obj)
+            assert mask.shape == (meta["height"], meta["width"]), (key, obj["id"])
+            expected = torch_prompt(mask)
+            np.testing.assert_array_equal(prompt[i], expected, err_msg=f"{key} obj {obj['id']}")
+            assert k[i] == expected.sum(), (key, obj["id"])
+            checked += 1
+            k_zero += int(k[i] == 0)
+    return checked, k_zero
+
+
+def check_faults(result: Any, expected: dict[str, str], object_faults: dict[str, str]
+                 ) -> None:
+    """read == written + rejected; each faulty source id rejected with its reason; objects
+    dropped from written samples recorded at object level.
+
+    Args:
+        expected: source id -> sample-level reason.
+        object_faults: source id -> object-level reason (the sample itself is written).
+    """
+    c = result.counts
+    assert c["read"] == c["written"] + c["rejected"]
+    rows = read_rejects(result.build_dir)
+    samples = {r["source_id"]: r for r in rows if r["level"] == "sample"}
+    assert {sid: samples[sid]["reason"] for sid in expected if sid in samples} == expected
+    assert c["rejected"] == len(expected) == len(samples)
+    for sid, reason in object_faults.items():
+        assert sid not in samples
+        assert [r["reason"] for r in rows if r["source_id"] == sid] == [reason]
