@@ -135,31 +135,10 @@ _MODES = ("RGB", "RGB", "L", "RGB", "CMYK", "RGB")
 
 
 def _segmentation(kind: str, shape: tuple, h: int, w: int, style: int) -> tuple[Any, list]:
-    """A COCO segmentation for `shape` in one of three encodings, and its bbox."""
-    if kind == "ellipse" and style == 0:
-        poly = _synth.ellipse_polygon(*shape)
-        rle = mask_utils.merge(mask_utils.frPyObjects([poly], h, w))
-        return [poly], [float(v) for v in mask_utils.toBbox(rle)]
-    if kind == "ellipse":
-        m = np.zeros((h, w), np.uint8)
-        cx, cy, rx, ry = shape
-        y, x = np.mgrid[0:h, 0:w]
-        m[((x - cx) / rx) ** 2 + ((y - cy) / ry) ** 2 <= 1] = 1
-    else:
-        m = _synth.box_mask(h, w, *shape)
-    rle = mask_utils.encode(np.asfortranarray(m))
-    bbox = [float(v) for v in mask_utils.toBbox(rle)]
-    if style == 2:  # uncompressed RLE, as COCO stores crowd regions
-        return {"size": [h, w], "counts": _runs(m)}, bbox
-    return {"size": [h, w], "counts": rle["counts"].decode("ascii")}, bbox
-
-
-def _runs(m: np.ndarray) -> list[int]:
-    flat = m.reshape(-1, order="F")
-    change = np.flatnonzero(np.diff(flat)) + 1
-    edges = np.concatenate([[0], change, [flat.size]])
-    runs = np.diff(edges).tolist()
-    return ([0] + runs) if flat[0] == 1 else runs
+    """A COCO segmentation of `shape` (see `_synth.segmentation`) and its bbox [x, y, w, h]."""
+    seg = _synth.segmentation(kind, shape, h, w, style=style)
+    rle = ops.segmentations_to_rles([seg], height=h, width=w)[0]
+    return seg, [float(v) for v in mask_utils.toBbox(rle)]
 
 
 def _add_image(doc: dict, out_dir: Path, image_id: int, data: bytes, h: int, w: int,
