@@ -53,26 +53,27 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from sa2va_shards.readers import synth_dataset
-    from sa2va_shards.verify import verify_build
-    from sa2va_shards.viz import render_overlay
+    from pipeline.demo import run_demo  # the only other way into Ray
+    from sa2va_shards.viz import render_overlay, render_stats
 
     out = Path(args.out)
-    raw = synth_dataset("coco", out / "raw" / "coco", n_items=args.n, seed=0,
-                        faults=("corrupt_image", "missing_image", "size_mismatch", "bad_rle",
-                                "no_objects", "empty_mask"))
-    cfg = parse_config({"dataset": "demo_coco", "reader": {"format": "coco", "root": str(raw)},
-                        "shards": {"samples_per_shard": 16}, "out": str(out / "shards")})
-    print(f"synthesised a COCO-style raw set at {raw}")
-    build_dir = _run_build(cfg, args).build_dir
-    report = verify_build(build_dir)
-    print(f"verify: {report.shards} shards, {report.samples} samples, "
-          + ("OK" if report.ok else f"{len(report.problems)} problems"))
-    for p in report.problems:
-        print("  " + p)
-    png = render_overlay(build_dir, out / "overlay.png")
-    print(f"shards:  {build_dir / 'shards'}\noverlay: {png}")
-    return 0 if report.ok else 1
+    builds = run_demo(out, n_items=args.n, address=args.address, num_cpus=args.num_cpus,
+                      serial=args.serial)
+    print(f"\nraw data: {out / 'raw'}  (one folder per format, each in its published layout)")
+    for b in builds:
+        c = b.result.counts
+        k0 = c["objects_k_zero"] / max(c["objects_written"], 1)
+        status = "OK" if b.report.ok else f"{len(b.report.problems)} problems"
+        print(f"\n== {b.format}: {b.result.build_dir}  (verify: {status}, K = 0 rate "
+              f"{100 * k0:.1f}%)")
+        print(_summary_line(c))
+        for p in b.report.problems:
+            print("  " + p)
+    first = builds[0].result.build_dir
+    overlay = render_overlay(first, out / "overlay.png")
+    stats = render_stats([b.result.build_dir for b in builds], out / "stats.png")
+    print(f"\noverlay: {overlay}\nstats:   {stats}")
+    return 0 if all(b.report.ok for b in builds) else 1
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
@@ -158,7 +159,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", help="output root (overrides the config's `out`)")
     _runtime_flags(p)
     p.set_defaults(fn=cmd_build)
-    p = sub.add_parser("demo", help="synthesise raw data, build, verify, render an overlay")
+    p = sub.add_parser("demo", help="synthesise every raw format, build, verify, render PNGs")
     p.add_argument("--out", default="demo-out")
     p.add_argument("--n", type=int, default=48, help="good images to synthesise")
     _runtime_flags(p)
