@@ -137,7 +137,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         raw, build = _build(Path(tmp), args.items, args.size, args.objects)
         dl = dict(batch_size=args.batch_size, num_workers=args.workers)
-        print(f"{args.size or 'mixed COCO-synth'}: {args.items} items, batch {args.batch_size}, {args.workers} workers, best of "
+        print(f"{args.size or 'mixed COCO-synth'}: {args.items} items, batch "
+              f"{args.batch_size}, {args.workers} workers, best of "
               f"{args.repeats}; load average {os.getloadavg()[0]:.2f}")
         base_ds = Sa2VAStyleDataset(raw)
         base, n_base = _best(lambda: DataLoader(base_ds, collate_fn=sa2va_collate, **dl),

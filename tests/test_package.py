@@ -39,7 +39,8 @@ def test_grid_and_tokens_are_derived_from_the_vision_config():
      "image.size: expected int"),
     ({"dataset": "d"}, "reader"),
     ({"dataset": "a.b", "reader": {"format": "coco", "root": "x"}}, "dataset"),
-    ({"dataset": "d", "reader": {"format": "coco", "root": "x"}, "shardz": {}}, "did you mean shards"),
+    ({"dataset": "d", "reader": {"format": "coco", "root": "x"}, "shardz": {}},
+     "did you mean shards"),
 ])
 def test_bad_configs_are_refused_with_the_key_path(data, match):
     with pytest.raises(ConfigError, match=match):

@@ -12,7 +12,7 @@ import logging
 import sys
 from pathlib import Path
 
-from sa2va_shards.config import load_config, parse_config
+from sa2va_shards.config import load_config
 from sa2va_shards.errors import BuildAborted, ConfigError
 
 __all__ = ["main"]
@@ -37,7 +37,8 @@ def _run_build(cfg, args):
     if result.reused:
         print(f"version {result.version} already built at {result.build_dir}: nothing to do")
     else:
-        extra = f" (resumed {result.resumed_shards} finished shards)" if result.resumed_shards else ""
+        n = result.resumed_shards
+        extra = f" (resumed {n} finished shards)" if n else ""
         print(f"built {result.build_dir} version {result.version}{extra} in "
               f"{result.timings['total_s']:.1f} s")
     print(_summary_line(result.counts))

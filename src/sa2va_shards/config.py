@@ -145,7 +145,8 @@ def _check_type(value: Any, hint: Any, path: str) -> Any:
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
     base = getattr(hint, "__origin__", hint)
-    if isinstance(base, type) and not isinstance(value, base) or isinstance(value, bool) and base is int:
+    wrong_type = isinstance(base, type) and not isinstance(value, base)
+    if wrong_type or isinstance(value, bool) and base is int:
         raise ConfigError(f"{path}: expected {getattr(base, '__name__', base)}, got {value!r}")
     return value
 

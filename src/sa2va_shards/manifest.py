@@ -159,7 +159,8 @@ def count_summary(results: Sequence[ShardResult], plan_rejects: Sequence[RejectR
         "rejected_by_reason": dict(sorted(Counter(x.reason for x in sample_rejects).items())),
         "objects_written": len(ks),
         "objects_dropped": len(object_rejects),
-        "objects_dropped_by_reason": dict(sorted(Counter(x.reason for x in object_rejects).items())),
+        "objects_dropped_by_reason": dict(sorted(Counter(x.reason
+                                                         for x in object_rejects).items())),
         "objects_k_zero": sum(k == 0 for k in ks),
         "k_histogram": {str(k): n for k, n in sorted(Counter(ks).items())},
         "shards": len(results),

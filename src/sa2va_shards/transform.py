@@ -106,7 +106,8 @@ def transform_sample(
     rles = sample_rles(raw)
     _check_sizes(raw, rles, full)
     if not rles:
-        raise SampleError(Reason.NO_OBJECTS, "the image has no annotated objects", stage="transform")
+        raise SampleError(Reason.NO_OBJECTS, "the image has no annotated objects",
+                          stage="transform")
     h, w, grid = full.shape[0], full.shape[1], cfg.vision.grid
     keep = mask_utils.area(rles) > 0
     dropped = [_dropped(raw, i, Reason.EMPTY_MASK, "mask has no pixels")

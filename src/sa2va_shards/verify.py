@@ -93,7 +93,8 @@ def verify_build(build_dir: str | Path, *, deep: bool = True) -> VerifyReport:
             report.problems.append(f"{rec['file']}: samples differ from samples.parquet")
         if deep:
             for key, m in members.items():
-                report.problems += [f"{rec['file']}: {p}" for p in _check_sample(key, m, grid, size)]
+                found = _check_sample(key, m, grid, size)
+                report.problems += [f"{rec['file']}: {p}" for p in found]
     counts = card["counts"]
     n_rejected = sum(r["level"] == "sample" for r in rejects)
     if counts["written"] != len(samples) or counts["rejected"] != n_rejected:

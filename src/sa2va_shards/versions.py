@@ -72,7 +72,7 @@ def list_versions(dataset_dir: str | Path) -> list[dict[str, Any]]:
 
 def _sample_hashes(build_dir: Path) -> dict[str, str]:
     table = pq.read_table(build_dir / "samples.parquet", columns=["key", "sha256"])
-    return dict(zip(table["key"].to_pylist(), table["sha256"].to_pylist()))
+    return dict(zip(table["key"].to_pylist(), table["sha256"].to_pylist(), strict=True))
 
 
 def diff_versions(v1: str | Path, v2: str | Path) -> dict[str, Any]:

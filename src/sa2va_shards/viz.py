@@ -64,7 +64,7 @@ def _grid_panel(image: np.ndarray, prompt: np.ndarray, side: int) -> Image.Image
     draw = ImageDraw.Draw(layer)
     for i, pm in enumerate(prompt):
         color = tuple(int(c) for c in _COLORS[i % len(_COLORS)])
-        for r, c in zip(*np.nonzero(pm)):
+        for r, c in np.argwhere(pm):
             inset = 2 + 3 * (i % 3)  # overlapping objects stay distinguishable
             draw.rectangle([c * cell + inset, r * cell + inset, (c + 1) * cell - inset,
                             (r + 1) * cell - inset], outline=color + (255,), width=3)
@@ -94,7 +94,7 @@ def render_overlay(build_dir: str | Path, out: str | Path, *, key: str | None = 
     title = (f"{meta['dataset']} / {m['__key__'].decode()}  {meta['width']}x{meta['height']} -> "
              f"{size}, grid {prompt.shape[-1]}x{prompt.shape[-1]}")
     draw.text((10, side + 14), title, fill="black", font=font)
-    for i, (obj, kv) in enumerate(zip(meta["objects"], k)):
+    for i, (obj, kv) in enumerate(zip(meta["objects"], k, strict=True)):
         color = tuple(int(c) for c in _COLORS[i % len(_COLORS)])
         y = side + 40 + 26 * i
         draw.rectangle([10, y + 3, 28, y + 21], fill=color)

@@ -13,10 +13,10 @@ import subprocess
 import sys
 import tempfile
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
+import tomllib
 import yaml
 
 from pipeline.build import run_build

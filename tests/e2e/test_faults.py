@@ -14,7 +14,6 @@ import pytest
 
 from pipeline import build as build_mod
 from pipeline.build import run_build
-from sa2va_shards.cli import main as cli_main
 from sa2va_shards.errors import BuildAborted
 from sa2va_shards.manifest import file_sha256
 from tests.helpers import make_config

@@ -1,4 +1,4 @@
-"""Image kernels: any Pillow mode to RGB, antialiased resize parity with Pillow, the pixel budget."""
+"""Image kernels: any Pillow mode to RGB, antialiased resize parity with Pillow, pixel budget."""
 
 from __future__ import annotations
 
@@ -39,7 +39,8 @@ def test_decode_image_converts_every_mode_to_rgb_uint8(mode, fmt):
         img = img.convert(mode)
     out = ops.decode_image(_encode(img, fmt), max_pixels=10**6)
     assert out.shape == (31, 47, 3) and out.dtype == np.uint8
-    if mode in ("I;16", "L", "I", "F") and fmt != "JPEG":  # 16-bit scales by its top byte, not Pillow's clipping
+    # 16-bit scales by its top byte, not Pillow's clipping
+    if mode in ("I;16", "L", "I", "F") and fmt != "JPEG":
         gray = np.asarray(Image.fromarray(rgb).convert("L"))
         assert np.abs(out[..., 0].astype(int) - gray).max() <= 8
         assert (out[..., 0] == out[..., 2]).all()

@@ -107,7 +107,8 @@ def segmentations_to_rles(segs: list[Any], *, height: int, width: int) -> list[d
     return rles
 
 
-def decode_segmentations(segs: list[Any], *, height: int, width: int) -> tuple[np.ndarray, list[dict]]:
+def decode_segmentations(segs: list[Any], *, height: int,
+                         width: int) -> tuple[np.ndarray, list[dict]]:
     """Decode COCO segmentations of one image in one pycocotools call.
 
     Returns:
@@ -129,4 +130,5 @@ def rle_encode(masks: np.ndarray) -> list[dict]:
         return []
     fortran = np.asfortranarray(masks.transpose(1, 2, 0).astype(np.uint8, copy=False))
     rles = mask_utils.encode(fortran)
-    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")} for r in rles]
+    return [{"size": [int(s) for s in r["size"]], "counts": r["counts"].decode("ascii")}
+            for r in rles]

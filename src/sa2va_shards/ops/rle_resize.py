@@ -58,8 +58,9 @@ def check_runs(rles: list[dict], *, n_pixels: int) -> list[str | None]:
     bad_char = np.bincount(owner[(c < 0) | (c >= 64)], minlength=len(strings)) > 0
     last = c[np.maximum(np.cumsum(lengths) - 1, 0)] if c.size else np.zeros(len(strings), int)
     cut = (lengths > 0) & ((last & 0x20) != 0)
-    errors: list[str | None] = [
-        "compressed RLE string is malformed" if b or t else None for b, t in zip(bad_char, cut)]
+    malformed = "compressed RLE string is malformed"
+    errors: list[str | None] = [malformed if b or t else None
+                                for b, t in zip(bad_char, cut, strict=True)]
     good = [i for i, e in enumerate(errors) if e is None]
     runs, offsets = rle_to_runs([{"counts": strings[i]} for i in good])
     run_owner = np.repeat(np.arange(len(good)), np.diff(offsets))
