@@ -17,6 +17,7 @@ demo: $(STAMP)
 	$(VENV)/bin/sa2va-shards demo --out demo-out
 
 test: $(STAMP)
+	$(VENV)/bin/ruff check src pipeline tests benchmarks
 	$(PY) -m pytest -q
 
 bench: $(STAMP)
