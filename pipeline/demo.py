@@ -15,14 +15,17 @@ from sa2va_shards.verify import VerifyReport, verify_build
 
 __all__ = ["DEMO_SETS", "DemoBuild", "run_demo"]
 
-#: (reader format, dataset name, injected faults): every reject path shows up in the demo.
-DEMO_SETS: tuple[tuple[str, str, tuple[str, ...]], ...] = (
-    ("coco", "demo_coco", ("corrupt_image", "missing_image", "size_mismatch", "bad_rle",
-                           "no_objects", "empty_mask", "mode_p", "exif_rotated")),
-    ("osprey", "demo_osprey", ("missing_image", "size_mismatch", "bad_rle", "empty_mask")),
-    ("describe_anything", "demo_dam", ("unsafe_pickle", "corrupt_image", "bad_rle")),
-    ("refcoco", "demo_refcoco", ("missing_image", "bad_polygon", "missing_ann")),
-    ("sav", "demo_sav", ("corrupt_video", "size_mismatch")),
+#: (reader format, dataset name, items, injected faults, reader options): every reject path
+#: shows up in the demo.
+DEMO_SETS: tuple[tuple[str, str, int, tuple[str, ...], dict], ...] = (
+    ("coco", "demo_coco", 48, ("corrupt_image", "missing_image", "size_mismatch", "bad_rle",
+                               "no_objects", "empty_mask", "mode_p", "exif_rotated"), {}),
+    ("osprey", "demo_osprey", 12, ("missing_image", "size_mismatch", "bad_rle", "empty_mask"),
+     {}),
+    ("describe_anything", "demo_dam", 12, ("unsafe_pickle", "corrupt_image", "bad_rle"), {}),
+    ("refcoco", "demo_refcoco", 12, ("missing_image", "bad_polygon", "missing_ann"), {}),
+    ("sav", "demo_sav", 4, ("corrupt_video", "size_mismatch"),
+     {"expressions": "sam_v_final_v3.json", "max_frames": 6}),
 )
 
 
@@ -51,16 +54,19 @@ def _ray_session(address: str | None, num_cpus: int | None, serial: bool) -> Ite
         ray.shutdown()
 
 
-def run_demo(out: Path, *, n_items: int = 48, address: str | None = None,
+def run_demo(out: Path, *, scale: float = 1.0, address: str | None = None,
              num_cpus: int | None = None, serial: bool = False) -> list[DemoBuild]:
-    """Synthesise, build and verify every demo set whose reader is registered."""
-    sets = [(fmt, name, faults) for fmt, name, faults in DEMO_SETS if fmt in READERS]
+    """Synthesise, build and verify every demo set whose reader is registered; `scale`
+    multiplies the number of good items per set."""
     builds = []
     with _ray_session(address, num_cpus, serial):
-        for fmt, name, faults in sets:
-            n = n_items if fmt == "coco" else max(4, n_items // 4)  # video/others: smaller
-            raw = synth_dataset(fmt, out / "raw" / fmt, n_items=n, seed=0, faults=faults)
-            cfg = parse_config({"dataset": name, "reader": {"format": fmt, "root": str(raw)},
+        for fmt, name, n, faults, options in DEMO_SETS:
+            if fmt not in READERS:
+                continue
+            raw = synth_dataset(fmt, out / "raw" / fmt, n_items=max(2, round(n * scale)),
+                                seed=0, faults=faults)
+            cfg = parse_config({"dataset": name, "reader": {"format": fmt, "root": str(raw),
+                                                            "options": options},
                                 "shards": {"samples_per_shard": 16}, "out": str(out / "shards")})
             result = run_build(cfg, runner="serial" if serial else "ray", address=address,
                                num_cpus=num_cpus)

@@ -11,7 +11,7 @@ from sa2va_shards.readers import READERS
 
 
 def test_demo_builds_verifies_and_renders_every_format(tmp_path, capsys):
-    assert main(["demo", "--out", str(tmp_path), "--n", "12", "--serial"]) == 0
+    assert main(["demo", "--out", str(tmp_path), "--scale", "0.25", "--serial"]) == 0
     out = capsys.readouterr().out
     for fmt in READERS:
         assert f"== {fmt}: " in out and (tmp_path / "raw" / fmt).is_dir()

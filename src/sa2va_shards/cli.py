@@ -58,7 +58,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from sa2va_shards.viz import render_overlay, render_stats
 
     out = Path(args.out)
-    builds = run_demo(out, n_items=args.n, address=args.address, num_cpus=args.num_cpus,
+    builds = run_demo(out, scale=args.scale, address=args.address, num_cpus=args.num_cpus,
                       serial=args.serial)
     print(f"\nraw data: {out / 'raw'}  (one folder per format, each in its published layout)")
     for b in builds:
@@ -162,7 +162,8 @@ def _parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=cmd_build)
     p = sub.add_parser("demo", help="synthesise every raw format, build, verify, render PNGs")
     p.add_argument("--out", default="demo-out")
-    p.add_argument("--n", type=int, default=48, help="good images to synthesise")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiplies the good items synthesised per format")
     _runtime_flags(p)
     p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("verify", help="re-hash shards and re-derive prompt masks and K")

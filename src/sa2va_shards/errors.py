@@ -26,6 +26,7 @@ class Reason(str, Enum):
     EMPTY_MASK = "empty_mask"
     K_ZERO = "k_zero"
     CORRUPT_VIDEO = "corrupt_video"
+    MISSING_VIDEO = "missing_video"
     UNEXPECTED = "unexpected_error"
 
 

@@ -52,6 +52,7 @@ SAMPLE_SCHEMA = pa.schema([
     ("key", pa.string()), ("shard", pa.string()), ("source_id", pa.string()),
     ("n_obj", pa.int32()), ("k", pa.list_(pa.int32())), ("k_zero", pa.int32()),
     ("height", pa.int32()), ("width", pa.int32()), ("sha256", pa.string()),
+    ("frames", pa.int32()),
 ])
 SHARD_SCHEMA = pa.schema([
     ("file", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64()), ("sha256", pa.string()),

@@ -10,6 +10,7 @@ import numpy as np
 
 __all__ = [
     "ItemRef",
+    "RawClip",
     "RawSample",
     "RejectRecord",
     "SampleRecord",
@@ -54,6 +55,22 @@ class RawSample:
 
 
 @dataclass(frozen=True, kw_only=True)
+class RawClip:
+    """One decoded video clip: T frames and, per frame, one RLE per object."""
+
+    source_id: str
+    #: (T, H, W, 3) uint8 RGB frames, as stored.
+    frames: np.ndarray
+    #: index of each frame in the source video (24 fps).
+    frame_indices: tuple[int, ...]
+    #: rles[t][i]: object i in frame t, COCO compressed RLE at the frame size.
+    rles: tuple[tuple[dict, ...], ...]
+    #: one plain dict per object (same order as each frame's RLEs).
+    objects: tuple[dict[str, Any], ...]
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, kw_only=True)
 class ShardPlan:
     """A fixed slice of the sorted input, decided before any work starts."""
 
@@ -75,6 +92,8 @@ class SampleRecord:
     height: int
     width: int
     sha256: str
+    #: frames in the sample (1 for an image); for video `k` is each object's largest K.
+    frames: int = 1
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -1,7 +1,7 @@
 """What one sample looks like inside a shard: member names and encodings (pure, no I/O).
 
 Every member decodes with stock tools and no pickle: JPEG, JSON and `.npy` (allow_pickle off).
-See the schema table in README.md.
+The schema table (members, shapes, meaning) is in README.md.
 """
 
 from __future__ import annotations
@@ -15,28 +15,18 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "MEMBERS",
     "SCHEMA_VERSION",
     "ProcessedSample",
     "decode_npy",
     "decode_sample_json",
     "encode_npy",
     "encode_sample",
+    "frame_member",
     "sample_key",
 ]
 
 #: Bumped whenever member names, encodings or semantics change; part of every version hash.
 SCHEMA_VERSION = 1
-
-#: member suffix -> what it holds (image samples).
-MEMBERS: dict[str, str] = {
-    "jpg": "(S, S, 3) RGB image resized to S=1024, JPEG",
-    "json": "metadata: source id, original size, objects (id, category, bbox, text), dataset",
-    "gt_masks.json": "full-resolution GT masks, list of COCO compressed RLE {size, counts}",
-    "masks_1024.json": "(n, S, S) masks resized with torch 'nearest', COCO compressed RLE",
-    "prompt_masks.npy": "(n, G, G) bool prompt masks on the G=16 vision-token grid",
-    "k.npy": "(n,) int32: K, set cells per object = <IMG_CONTEXT> tokens in its <vp>",
-}
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 
@@ -48,23 +38,23 @@ def sample_key(source_id: str) -> str:
 
 @dataclass(frozen=True, kw_only=True)
 class ProcessedSample:
-    """A sample after the kernels, ready to encode."""
+    """A sample after the kernels, ready to encode. An image sample has one JPEG, RLE lists
+    over objects, (n, G, G) prompt masks and (n,) K; a video clip has T JPEGs, RLE lists over
+    frames of lists over objects, (T, n, G, G) prompt masks and (T, n) K."""
 
     key: str
-    #: (S, S, 3) uint8.
-    image: np.ndarray
+    #: the S x S JPEG(s): one for an image, one per frame for video.
+    jpegs: tuple[bytes, ...]
     #: full-resolution GT masks as compressed RLE (str counts).
-    gt_rles: list[dict]
-    #: 1024 masks as compressed RLE (str counts).
-    rles_1024: list[dict]
-    #: (n, G, G) bool.
+    gt_rles: list
+    #: S x S masks as compressed RLE (str counts).
+    rles_1024: list
+    #: (n, G, G) or (T, n, G, G) bool.
     prompt_masks: np.ndarray
-    #: (n,) int.
+    #: (n,) or (T, n) int.
     k: np.ndarray
-    #: the metadata JSON.
+    #: the metadata JSON; `kind` is "image" or "video".
     meta: dict[str, Any]
-    #: encoded image (filled by `encode_sample`'s caller so hashing sees the exact bytes).
-    jpeg: bytes
 
 
 def encode_npy(a: np.ndarray) -> bytes:
@@ -92,10 +82,19 @@ def _json_bytes(obj: Any) -> bytes:
     return text.encode("utf-8", errors="replace")
 
 
+def frame_member(t: int) -> str:
+    """Member name of frame t of a video sample: `f0000.jpg`, `f0001.jpg`, ..."""
+    return f"f{t:04d}.jpg"
+
+
 def encode_sample(s: ProcessedSample) -> dict[str, bytes]:
     """Member name -> bytes for one sample (deterministic)."""
+    if s.meta["kind"] == "video":
+        images = {frame_member(t): jpeg for t, jpeg in enumerate(s.jpegs)}
+    else:
+        images = {"jpg": s.jpegs[0]}
     return {
-        "jpg": s.jpeg,
+        **images,
         "json": _json_bytes(s.meta),
         "gt_masks.json": _json_bytes(s.gt_rles),
         "masks_1024.json": _json_bytes(s.rles_1024),

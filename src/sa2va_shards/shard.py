@@ -13,6 +13,8 @@ import resource
 import time
 from pathlib import Path
 
+import numpy as np
+
 from sa2va_shards.config import BuildConfig
 from sa2va_shards.errors import SYSTEM_EXCEPTIONS, BuildAborted, Level, Reason, SampleError
 from sa2va_shards.manifest import save_progress
@@ -47,10 +49,13 @@ def _sample_record(shard: str, item: ItemRef, sample, members: dict[str, bytes])
     sha = hashlib.sha256()
     for name in sorted(members):  # content hash of the sample, for diff
         sha.update(name.encode() + b"\0" + hashlib.sha256(members[name]).digest())
-    k = [int(v) for v in sample.k]
+    k_all = np.asarray(sample.k)
+    # video: an object's K is its best frame (it is absent, K = 0, from some frames)
+    k = [int(v) for v in (k_all.max(axis=0) if k_all.ndim == 2 else k_all)]
     return SampleRecord(key=sample.key, shard=shard, source_id=item.source_id, n_obj=len(k), k=k,
                         k_zero=sum(v == 0 for v in k), height=sample.meta["height"],
-                        width=sample.meta["width"], sha256=sha.hexdigest())
+                        width=sample.meta["width"], sha256=sha.hexdigest(),
+                        frames=k_all.shape[0] if k_all.ndim == 2 else 1)
 
 
 def _check_failure_runs(failed_run: int, unexpected_run: int, plan: ShardPlan, item: ItemRef,

@@ -47,18 +47,25 @@ def _check_sample(key: str, members: dict[str, bytes], grid: int, size: int) -> 
         meta = decode_sample_json(members["json"])
         rles_1024 = decode_sample_json(members["masks_1024.json"])
         gt = decode_sample_json(members["gt_masks.json"])
-        ops.decode_image(members["jpg"], max_pixels=size * size, name=key)
+        images = [v for name, v in sorted(members.items()) if name.endswith("jpg")]
+        for data in images:
+            ops.decode_image(data, max_pixels=size * size, name=key)
     except Exception as e:  # noqa: BLE001 - verify reports, it does not stop
         return [f"{key}: member does not decode: {type(e).__name__}: {e}"]
+    if meta.get("kind") == "video":  # frames axis first: flatten (T, n) to T * n
+        rles_1024, gt = [r for f in rles_1024 for r in f], [r for f in gt for r in f]
+    n_obj = len(meta["objects"])
     masks = ops.rle_decode(rles_1024, height=size, width=size)
+    flat_prompt = prompt.reshape(-1, grid, grid)
     problems = []
-    if not np.array_equal(ops.pool_masks(masks, grid=grid), prompt) and not any(
+    if not np.array_equal(ops.pool_masks(masks, grid=grid), flat_prompt) and not any(
             o.get("k_fallback") for o in meta["objects"]):
         problems.append(f"{key}: prompt masks differ from those re-derived from masks_1024")
     if not np.array_equal(ops.count_k(prompt), k):
         problems.append(f"{key}: K {k.tolist()} != prompt-mask sums {ops.count_k(prompt).tolist()}")
-    if not len(gt) == len(k) == len(meta["objects"]) == len(masks):
-        problems.append(f"{key}: object counts differ across members")
+    if not (len(gt) == len(masks) == flat_prompt.shape[0] == k.size
+            and prompt.shape[-3] == n_obj and len(images) == k.size // max(n_obj, 1)):
+        problems.append(f"{key}: object or frame counts differ across members")
     return problems
 
 

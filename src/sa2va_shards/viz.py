@@ -66,20 +66,54 @@ def _grid_panel(image: np.ndarray, prompt: np.ndarray, side: int) -> Image.Image
         color = tuple(int(c) for c in _COLORS[i % len(_COLORS)])
         for r, c in np.argwhere(pm):
             inset = 2 + 3 * (i % 3)  # overlapping objects stay distinguishable
-            draw.rectangle([c * cell + inset, r * cell + inset, (c + 1) * cell - inset,
-                            (r + 1) * cell - inset], outline=color + (255,), width=3)
+            box = [c * cell + inset, r * cell + inset, (c + 1) * cell - inset,
+                   (r + 1) * cell - inset]
+            # a white halo keeps the outline visible over the object's own tint
+            draw.rectangle(box, outline=(255, 255, 255, 255), width=5)
+            draw.rectangle(box, outline=color + (255,), width=2)
     for j in range(grid + 1):
         draw.line([(j * cell, 0), (j * cell, grid * cell)], fill=(255, 255, 255, 110))
         draw.line([(0, j * cell), (grid * cell, j * cell)], fill=(255, 255, 255, 110))
     return Image.alpha_composite(base.convert("RGBA"), layer).convert("RGB")
 
 
+def _render_video(m: dict[str, bytes], meta: dict, out: Path, side: int = 384,
+                  max_frames: int = 4) -> Path:
+    """A strip of frames: each the 1024 frame with its masks tinted and the object's grid cells
+    outlined (the seed's frame/mask alignment check), K per object under each frame."""
+    frames = [ops.decode_image(m[name], max_pixels=1 << 30)
+              for name in sorted(n for n in m if n.startswith("f") and n.endswith(".jpg"))]
+    frames = frames[:max_frames]
+    size = frames[0].shape[0]
+    rles = decode_sample_json(m["masks_1024.json"])
+    prompt, k = decode_npy(m["prompt_masks.npy"]), decode_npy(m["k.npy"])
+    n_obj = prompt.shape[1]
+    canvas = Image.new("RGB", (len(frames) * (side + 10) + 10, side + 70 + 24 * n_obj), "white")
+    draw, font = ImageDraw.Draw(canvas), _font(18)
+    for t, frame in enumerate(frames):
+        masks = ops.rle_decode(rles[t], height=size, width=size)
+        tinted = np.asarray(_mask_panel(frame, masks))
+        canvas.paste(_grid_panel(tinted, prompt[t], side), (10 + t * (side + 10), 10))
+        x = 10 + t * (side + 10)
+        draw.text((x, side + 16), f"frame {meta['frame_indices'][t]}", fill="black", font=font)
+        for i in range(n_obj):
+            draw.text((x, side + 40 + 24 * i), f"region{i + 1} K = {int(k[t, i])}",
+                      fill=tuple(int(c) for c in _COLORS[i % len(_COLORS)]), font=font)
+    canvas.save(out)
+    return out
+
+
 def render_overlay(build_dir: str | Path, out: str | Path, *, key: str | None = None,
                    side: int = 768) -> Path:
     """Write a PNG: left, the 1024 image with each 1024 mask tinted; right, the image with the
-    16x16 vision-token grid and each object's prompt cells outlined; below, K per region."""
+    16x16 vision-token grid and each object's prompt cells outlined; below, K per region.
+    For a video clip: a strip of frames, each with its masks and grid cells."""
     m = load_sample(build_dir, key)
     meta = decode_sample_json(m["json"])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    if meta.get("kind") == "video":
+        return _render_video(m, meta, out)
     image = ops.decode_image(m["jpg"], max_pixels=1 << 30)
     size = image.shape[0]
     masks = ops.rle_decode(decode_sample_json(m["masks_1024.json"]), height=size, width=size)
@@ -103,8 +137,6 @@ def render_overlay(build_dir: str | Path, out: str | Path, *, key: str | None = 
         label = obj.get("category") or obj.get("caption") or ""
         draw.text((36, y), f"region{i + 1}  {label}  K = {int(kv)}{flag}", fill="black",
                   font=font)
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
     canvas.save(out)
     return out
 

@@ -19,7 +19,8 @@ from sa2va_shards.readers.coco import CocoReader
 from sa2va_shards.readers.describe_anything import DescribeAnythingReader
 from sa2va_shards.readers.osprey import OspreyReader
 from sa2va_shards.readers.refcoco import RefCocoReader
-from sa2va_shards.records import ItemRef, RawSample
+from sa2va_shards.readers.sav import SavReader
+from sa2va_shards.records import ItemRef, RawClip, RawSample
 
 __all__ = ["READERS", "Reader", "get_reader", "synth_dataset"]
 
@@ -30,7 +31,7 @@ class Reader(Protocol):
 
     def list_items(self) -> list[ItemRef]: ...
 
-    def load(self, ref: ItemRef) -> RawSample: ...
+    def load(self, ref: ItemRef) -> RawSample | RawClip: ...
 
 
 #: format name -> reader class (explicit, no import side effects).
@@ -39,6 +40,7 @@ READERS: dict[str, Any] = {
     DescribeAnythingReader.name: DescribeAnythingReader,
     OspreyReader.name: OspreyReader,
     RefCocoReader.name: RefCocoReader,
+    SavReader.name: SavReader,
 }
 
 

@@ -1,0 +1,232 @@
+"""SA-V video: `sav_XXXXXX.mp4` (24 fps) + `sav_XXXXXX_manual.json`, or extracted JPEG frames.
+
+The manual JSON's `masklet` is a list over annotated frames (6 fps: every 4th video frame) of
+lists over objects of COCO compressed RLE. One sample = one clip: annotated frames taken with
+`frame_stride` (in annotated frames) up to `max_frames`, decoded with PyAV (mp4) or read from
+`JPEGImages_24fps/<video_id>/<00000>.jpg`. A decoded frame whose size differs from the RLE size
+(rotation metadata, a wrong video) is a `mask_size_mismatch` reject, not a wrong mask.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import numpy as np
+from pycocotools import mask as mask_utils
+
+from sa2va_shards import ops
+from sa2va_shards.errors import ConfigError, Reason, SampleError
+from sa2va_shards.readers import _synth
+from sa2va_shards.records import ItemRef, RawClip
+
+__all__ = ["SAV_FAULTS", "SavReader"]
+
+#: video frames per annotated frame (24 fps video, 6 fps masklets).
+ANNOTATION_STEP = 4
+SAV_FAULTS: tuple[str, ...] = ("corrupt_video", "size_mismatch", "missing_video")
+
+
+@dataclass(frozen=True, kw_only=True)
+class SavReader:
+    """Reads every `*_manual.json` under `<root>/<videos>` with its mp4 (or frame folder),
+    plus object captions from a Ref-SAV expression file when `expressions` is set."""
+
+    name: ClassVar[str] = "sav"
+    root: str
+    videos: str = "."
+    layout: Literal["mp4", "frames"] = "mp4"
+    #: folder of extracted frames (layout `frames`), relative to root.
+    frames_dir: str = "JPEGImages_24fps"
+    #: take every n-th annotated frame...
+    frame_stride: int = 1
+    #: ...up to this many per clip.
+    max_frames: int = 8
+    #: optional Ref-SAV expression file (Sa2VA's `sam_v_final_v3.json`: {video_id: {objects:
+    #: {column index: {formated, short_caps}}}}), relative to root: adds object captions.
+    expressions: str | None = None
+
+    def list_items(self) -> list[ItemRef]:
+        """One item per manual JSON: names and byte sizes only (never parsed here: SA-V has
+        50k videos; the JSON is read by the one task that builds the clip)."""
+        base = Path(self.root) / self.videos
+        if not base.is_dir():
+            raise ConfigError(f"{base}: SA-V video folder not found (check reader.root)")
+        captions = self._expressions()
+        items = []
+        for path in sorted(base.rglob("*_manual.json")):
+            video_id = path.name.removesuffix("_manual.json")
+            rel = path.relative_to(self.root)
+            items.append(ItemRef(source_id=video_id, data={
+                "annotation": str(rel), "video": str(rel.with_name(f"{video_id}.mp4")),
+                "annotation_bytes": path.stat().st_size,
+                "captions": captions.get(video_id, {})}))
+        return items
+
+    def _expressions(self) -> dict[str, dict[str, dict]]:
+        """video id -> {column index: {caption, short_caps}} from the Ref-SAV file, if set."""
+        if self.expressions is None:
+            return {}
+        path = Path(self.root) / self.expressions
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"{path}: cannot read the expression file: {e}") from e
+        return {vid: {str(i): {"caption": o.get("formated"), "short_caps": o.get("short_caps")}
+                      for i, o in (v.get("objects") or {}).items()}
+                for vid, v in doc.items() if isinstance(v, dict)}
+
+    def load(self, ref: ItemRef) -> RawClip:
+        """The clip's frames and, per frame and object, the masklet RLE."""
+        doc = self._annotation(ref)
+        masklet = doc["masklet"]
+        picked = list(range(0, len(masklet), self.frame_stride))[: self.max_frames]
+        if not picked:
+            raise SampleError(Reason.NO_OBJECTS, "the video has no annotated frames")
+        frame_ids = [i * ANNOTATION_STEP for i in picked]
+        frames = (self._mp4_frames(ref, frame_ids) if self.layout == "mp4"
+                  else self._jpeg_frames(ref, frame_ids))
+        rles = [[dict(r) for r in masklet[i]] for i in picked]
+        n_obj = {len(f) for f in rles}
+        if len(n_obj) != 1:
+            raise SampleError(Reason.BAD_ANNOTATION, f"frames list {sorted(n_obj)} objects")
+        ids = doc.get("masklet_id") or list(range(n_obj.pop()))
+        captions = ref.data.get("captions", {})
+        objects = tuple({"id": int(i), "masklet_id": int(i), **captions.get(str(col), {})}
+                        for col, i in enumerate(ids))
+        return RawClip(source_id=ref.source_id, frames=frames, frame_indices=tuple(frame_ids),
+                       rles=tuple(tuple(f) for f in rles), objects=objects,
+                       meta={"video_id": ref.source_id, "fps": 24,
+                             "video_frame_count": doc.get("video_frame_count")})
+
+    def _annotation(self, ref: ItemRef) -> dict[str, Any]:
+        path = Path(self.root) / ref.data["annotation"]
+        try:
+            doc = json.loads(path.read_text())
+        except (OSError, ValueError) as e:
+            raise SampleError(Reason.BAD_ANNOTATION, f"{ref.data['annotation']}: {e}") from e
+        if not isinstance(doc, dict) or not isinstance(doc.get("masklet"), list):
+            raise SampleError(Reason.BAD_ANNOTATION, f"{ref.data['annotation']}: no masklet")
+        return doc
+
+    def _mp4_frames(self, ref: ItemRef, frame_ids: list[int]) -> np.ndarray:
+        import av
+
+        rel = ref.data["video"]
+        path = Path(self.root) / rel
+        if not path.exists():
+            raise SampleError(Reason.MISSING_VIDEO, f"{rel}: no such file")
+        wanted, out = set(frame_ids), {}
+        try:
+            with av.open(str(path)) as container:
+                for i, frame in enumerate(container.decode(video=0)):
+                    if i in wanted:  # RGB as stored; rotation metadata is not applied
+                        out[i] = frame.to_ndarray(format="rgb24")
+                    if i >= frame_ids[-1]:
+                        break
+        except (av.error.FFmpegError, ValueError, OSError) as e:
+            msg = str(e).replace(str(path), rel)  # no machine-specific paths in reject rows
+            raise SampleError(Reason.CORRUPT_VIDEO, f"{rel}: {type(e).__name__}: {msg}") from e
+        missing = [i for i in frame_ids if i not in out]
+        if missing:
+            raise SampleError(Reason.CORRUPT_VIDEO, f"{rel}: frames {missing[:5]} not decodable")
+        return np.stack([out[i] for i in frame_ids])
+
+    def _jpeg_frames(self, ref: ItemRef, frame_ids: list[int]) -> np.ndarray:
+        folder = f"{self.frames_dir}/{ref.source_id}"
+        frames = []
+        for i in frame_ids:
+            rel = f"{folder}/{i:05d}.jpg"
+            try:
+                data = (Path(self.root) / rel).read_bytes()
+            except OSError as e:
+                raise SampleError(Reason.MISSING_IMAGE, f"{rel}: no such file") from e
+            frames.append(ops.decode_image(data, max_pixels=1 << 31, name=rel))
+        if len({f.shape for f in frames}) != 1:
+            raise SampleError(Reason.CORRUPT_VIDEO, f"{folder}: frames differ in size")
+        return np.stack(frames)
+
+    @staticmethod
+    def synth(out_dir: Path, *, n_items: int = 3, seed: int = 0,
+              faults: tuple[str, ...] = ()) -> Path:
+        """Write SA-V clips: a real H.264 mp4 (PyAV) of moving shapes, the same frames as JPEGs
+        (frames layout), and `_manual.json` masklets drawn from the same shapes at 6 fps;
+        plus one broken clip per fault in SAV_FAULTS."""
+        unknown = set(faults) - set(SAV_FAULTS)
+        if unknown:
+            raise ValueError(f"unknown faults {sorted(unknown)}; known: {SAV_FAULTS}")
+        rng = np.random.default_rng(seed)
+        ids = [f"sav_{i + 1:06d}" for i in range(n_items)]
+        for i, video_id in enumerate(ids):
+            _write_clip(out_dir, video_id, rng, n_frames=24 + 8 * (i % 2))
+        for j, fault in enumerate(faults):
+            _write_clip(out_dir, f"sav_{900_000 + j:06d}", rng, n_frames=16, fault=fault)
+        refsav = {vid: {"video_path": f"{vid}.mp4", "anno_path": f"{vid}_manual.json",
+                        "objects": {str(k): {"formated": f"The {name} box slides to the right.",
+                                             "short_caps": [f"{name} box"]}
+                                    for k, name in enumerate(("red", "green", "tiny"))}}
+                  for vid in ids}
+        (out_dir / "sam_v_final_v3.json").write_text(json.dumps(refsav))
+        return out_dir
+
+
+_SHAPE_COLORS = ((230, 40, 40), (40, 200, 60), (40, 80, 230))
+
+
+def _clip_masks(t: int, h: int, w: int, n_obj: int) -> np.ndarray:
+    """(n_obj, h, w) masks of boxes moving right, plus a 2x2 object no grid point hits."""
+    masks = np.zeros((n_obj, h, w), np.uint8)
+    for k in range(n_obj - 1):
+        y0, x0 = 10 + 30 * k, (5 + 3 * t + 20 * k) % (w - 40)
+        masks[k, y0:y0 + 25, x0:x0 + 35] = 1
+    masks[-1, 1:3, 1:3] = 1  # K = 0 under nearest (inside cell (0, 0), off its sample point)
+    return masks
+
+
+def _write_clip(out_dir: Path, video_id: str, rng: np.random.Generator, *, n_frames: int,
+                fault: str | None = None) -> None:
+    import av
+
+    h, w, n_obj = 120, 160, 3
+    frames, masklet = [], []
+    for t in range(n_frames):
+        masks = _clip_masks(t, h, w, n_obj)
+        frame = _synth.make_image(rng, h, w) // 3
+        for k in range(n_obj - 1):
+            frame[masks[k] == 1] = _SHAPE_COLORS[k]
+        frames.append(frame)
+        if t % ANNOTATION_STEP == 0:
+            size_h = h + 8 if fault == "size_mismatch" else h
+            m = masks if size_h == h else np.zeros((n_obj, size_h, w), np.uint8)
+            masklet.append([{"size": r["size"], "counts": r["counts"]}
+                            for r in ops.rle_encode(m)])
+    out_dir.mkdir(parents=True, exist_ok=True)
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=24, options={"crf": "12"})
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for f in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        container.mux(stream.encode())
+    data = buf.getvalue()
+    if fault == "corrupt_video":
+        data = data[: len(data) // 3]
+    if fault != "missing_video":
+        (out_dir / f"{video_id}.mp4").write_bytes(data)
+    frame_dir = out_dir / "JPEGImages_24fps" / video_id
+    frame_dir.mkdir(parents=True, exist_ok=True)
+    for t, f in enumerate(frames):
+        (frame_dir / f"{t:05d}.jpg").write_bytes(_synth.encode_image(f))
+    doc = {"video_id": video_id, "video_duration": n_frames / 24, "video_frame_count": n_frames,
+           "video_height": h, "video_width": w, "video_resolution": h * w,
+           "video_environment": "Indoor", "video_split": "train", "masklet": masklet,
+           "masklet_id": list(range(n_obj)), "masklet_size_rel": [0.01] * n_obj,
+           "masklet_size_abs": [float(mask_utils.area(masklet[0][k])) for k in range(n_obj)],
+           "masklet_size_bucket": ["small"] * n_obj, "masklet_visibility_changes": [0] * n_obj,
+           "masklet_first_appeared_frame": [0.0] * n_obj, "masklet_frame_count": [len(masklet)]
+           * n_obj, "masklet_edited_frame_count": [0] * n_obj, "masklet_type": ["manual"] * n_obj,
+           "masklet_stability_score": [[1.0] * len(masklet)] * n_obj, "masklet_num": n_obj}
+    (out_dir / f"{video_id}_manual.json").write_text(json.dumps(doc))
