@@ -179,24 +179,28 @@ _SHAPE_COLORS = ((230, 40, 40), (40, 200, 60), (40, 80, 230))
 def _clip_masks(t: int, h: int, w: int, n_obj: int) -> np.ndarray:
     """(n_obj, h, w) masks of boxes moving right, plus a 2x2 object no grid point hits."""
     masks = np.zeros((n_obj, h, w), np.uint8)
+    u = h / 120  # sizes scale with the frame (the tests use 160x120)
+    bh, bw = int(25 * u), int(35 * u)
     for k in range(n_obj - 1):
-        y0, x0 = 10 + 30 * k, (5 + 3 * t + 20 * k) % (w - 40)
-        masks[k, y0:y0 + 25, x0:x0 + 35] = 1
+        y0 = int((10 + 30 * k) * u) % max(h - bh, 1)
+        x0 = int((5 + 3 * t + 20 * k) * u) % max(w - bw, 1)
+        masks[k, y0:y0 + bh, x0:x0 + bw] = 1
     masks[-1, 1:3, 1:3] = 1  # K = 0 under nearest (inside cell (0, 0), off its sample point)
     return masks
 
 
 def _write_clip(out_dir: Path, video_id: str, rng: np.random.Generator, *, n_frames: int,
-                fault: str | None = None) -> None:
+                fault: str | None = None, size: tuple[int, int] = (120, 160),
+                n_obj: int = 3) -> None:
     import av
 
-    h, w, n_obj = 120, 160, 3
+    h, w = size
     frames, masklet = [], []
     for t in range(n_frames):
         masks = _clip_masks(t, h, w, n_obj)
         frame = _synth.make_image(rng, h, w) // 3
         for k in range(n_obj - 1):
-            frame[masks[k] == 1] = _SHAPE_COLORS[k]
+            frame[masks[k] == 1] = _SHAPE_COLORS[k % len(_SHAPE_COLORS)]
         frames.append(frame)
         if t % ANNOTATION_STEP == 0:
             size_h = h + 8 if fault == "size_mismatch" else h
