@@ -78,7 +78,7 @@ def test_wrong_split_missing_files_and_variant(raw, tmp_path):
     assert _reader(copy, variant="umd").list_items() == _reader(raw).list_items()
     assert _reader(copy, refs_file="refs(umd).p").list_items() == _reader(raw).list_items()
     (copy / "instances.json").unlink()
-    with pytest.raises(ConfigError, match="instances file not found"):
+    with pytest.raises(ConfigError, match="instances.json: annotation file not found"):
         _reader(copy, variant="umd").list_items()
 
 

@@ -21,7 +21,7 @@ from sa2va_shards.errors import ConfigError, Reason, SampleError
 from sa2va_shards.readers import _synth
 from sa2va_shards.records import ItemRef, RawSample
 
-__all__ = ["CocoReader", "read_image_file"]
+__all__ = ["CocoReader", "load_instances", "read_image_file", "source_id_of"]
 
 #: fault kinds `synth` can inject (each adds one bad image next to the good ones).
 COCO_FAULTS = (
@@ -42,6 +42,20 @@ def read_image_file(root: str | Path, rel: str) -> bytes:
         raise SampleError(Reason.MISSING_IMAGE, f"{rel}: {type(e).__name__}: {e.strerror}") from e
 
 
+def load_instances(path: Path) -> dict[str, Any]:
+    """A COCO instances JSON; anything unreadable stops the build (`ConfigError`)."""
+    try:
+        with open(path, encoding="utf-8") as f:
+            data = json.load(f)
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: annotation file not found (check reader.root)") from e
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: cannot read annotations: {e}") from e
+    if not isinstance(data, dict) or "images" not in data:
+        raise ConfigError(f"{path}: not a COCO instances file (no 'images' list)")
+    return data
+
+
 def source_id_of(image_id: Any) -> str:
     """Stable, sortable id: integers zero-padded to 12 digits (as COCO file names), else str."""
     return f"{image_id:012d}" if isinstance(image_id, int) else str(image_id)
@@ -56,22 +70,9 @@ class CocoReader:
     annotations: str = "annotations/instances.json"
     images: str = "images"
 
-    def _load_index(self) -> dict[str, Any]:
-        path = Path(self.root) / self.annotations
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError as e:
-            raise ConfigError(f"{path}: annotation file not found (check reader.root)") from e
-        except (OSError, json.JSONDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read annotations: {e}") from e
-        if not isinstance(data, dict) or "images" not in data:
-            raise ConfigError(f"{path}: not a COCO instances file (no 'images' list)")
-        return data
-
     def list_items(self) -> list[ItemRef]:
         """One `ItemRef` per image record, with its annotations and category names."""
-        data = self._load_index()
+        data = load_instances(Path(self.root) / self.annotations)
         cats = {c["id"]: c.get("name", str(c["id"])) for c in data.get("categories", [])}
         anns = defaultdict(list)
         for a in data.get("annotations", []):

@@ -27,7 +27,7 @@ from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
 from sa2va_shards.readers import _synth
 from sa2va_shards.readers._safe_pickle import safe_load
-from sa2va_shards.readers.coco import read_image_file, source_id_of
+from sa2va_shards.readers.coco import load_instances, read_image_file, source_id_of
 from sa2va_shards.records import ItemRef, RawSample
 
 __all__ = ["REFCOCO_FAULTS", "RefCocoReader"]
@@ -78,17 +78,7 @@ class RefCocoReader:
         return refs
 
     def _load_instances(self) -> dict[str, Any]:
-        path = Path(self.root) / self.instances
-        try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
-        except FileNotFoundError as e:
-            raise ConfigError(f"{path}: instances file not found (check reader.root)") from e
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
-            raise ConfigError(f"{path}: cannot read instances: {e}") from e
-        if not isinstance(data, dict) or "images" not in data or "annotations" not in data:
-            raise ConfigError(f"{path}: not a COCO instances file (no images / annotations)")
-        return data
+        return load_instances(Path(self.root) / self.instances)
 
     def _split_refs(self, refs: list[dict]) -> list[dict]:
         chosen = [r for r in refs if r.get("split") == self.split]
