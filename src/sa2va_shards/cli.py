@@ -80,7 +80,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_verify(args: argparse.Namespace) -> int:
     from sa2va_shards.verify import verify_build
 
-    report = verify_build(args.dir, deep=not args.shallow)
+    report = verify_build(args.dir, deep=not args.shallow, progress=True)
     for p in report.problems:
         print(p)
     status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"

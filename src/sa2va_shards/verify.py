@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow.parquet as pq
+from tqdm import tqdm
 
 from sa2va_shards import ops
 from sa2va_shards.manifest import CARD, file_sha256, read_card
@@ -69,7 +70,8 @@ def _check_sample(key: str, members: dict[str, bytes], grid: int, size: int) -> 
     return problems
 
 
-def verify_build(build_dir: str | Path, *, deep: bool = True) -> VerifyReport:
+def verify_build(build_dir: str | Path, *, deep: bool = True,
+                 progress: bool = False) -> VerifyReport:
     """Re-hash every shard against shards.parquet, check the counts add up and (deep) that every
     member decodes and prompt masks / K re-derive from the stored 1024 masks."""
     build_dir = Path(build_dir)
@@ -85,7 +87,7 @@ def verify_build(build_dir: str | Path, *, deep: bool = True) -> VerifyReport:
     by_shard = defaultdict(set)
     for s in samples:
         by_shard[s["shard"]].add(s["key"])
-    for rec in shards:
+    for rec in tqdm(shards, desc="verify", unit="shard", disable=not progress):
         path = build_dir / "shards" / rec["file"]
         report.shards += 1
         if not path.exists():

@@ -112,7 +112,11 @@ def _torch_resize(batch: np.ndarray, size: int, interpolation: str) -> np.ndarra
                         align_corners=False)
     # the uint8 antialias kernel returns planar output; np.stack interleaves ~3x faster than
     # a permute + contiguous copy
-    return np.stack([np.stack(planes, axis=-1) for planes in out.numpy()])
+    planar = out.numpy()
+    result = np.empty((len(planar), size, size, 3), np.uint8)
+    for frame, planes in zip(result, planar, strict=True):
+        np.stack(planes, axis=-1, out=frame)
+    return result
 
 
 def encode_jpeg(image: np.ndarray, *, quality: int) -> bytes:
