@@ -56,6 +56,19 @@ def _mask_panel(image: np.ndarray, masks: np.ndarray) -> Image.Image:
     return Image.fromarray(out.astype(np.uint8))
 
 
+def _ring_small_objects(panel: Image.Image, masks: np.ndarray, k: np.ndarray) -> None:
+    """Circle every K = 0 object: a few pixels that no grid point hits are invisible otherwise."""
+    draw, scale = ImageDraw.Draw(panel), panel.width / masks.shape[-1]
+    for i in np.flatnonzero(k == 0):
+        ys, xs = np.nonzero(masks[i])
+        if ys.size == 0:
+            continue
+        cy, cx = ys.mean() * scale, xs.mean() * scale
+        color = tuple(int(c) for c in _COLORS[i % len(_COLORS)])
+        for r, c in ((22, (255, 255, 255)), (19, color)):
+            draw.ellipse([cx - r, cy - r, cx + r, cy + r], outline=c, width=3)
+
+
 def _grid_panel(image: np.ndarray, prompt: np.ndarray, side: int) -> Image.Image:
     grid = prompt.shape[-1]
     cell = side // grid
@@ -119,6 +132,7 @@ def render_overlay(build_dir: str | Path, out: str | Path, *, key: str | None = 
     masks = ops.rle_decode(decode_sample_json(m["masks_1024.json"]), height=size, width=size)
     prompt, k = decode_npy(m["prompt_masks.npy"]), decode_npy(m["k.npy"])
     left = _mask_panel(image, masks).resize((side, side), Image.Resampling.BILINEAR)
+    _ring_small_objects(left, masks, k)
     right = _grid_panel(image, prompt, side)
     legend_h = 40 + 26 * len(k)
     canvas = Image.new("RGB", (left.width + right.width + 30, side + legend_h), "white")
