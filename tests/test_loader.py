@@ -271,24 +271,22 @@ def test_tiles_are_row_major_crops():
         assert torch.allclose(out["tiles"][t], crop, atol=1e-5)
 
 
-def _sa2va_grid(width: int, height: int, max_num: int, image_size: int = 448) -> tuple:
-    """Verbatim logic of Sa2VA utils.py (find_closest_aspect_ratio + dynamic_preprocess)."""
-    aspect_ratio = width / height
-    target_ratios = {(i, j) for n in range(1, max_num + 1) for i in range(1, n + 1)
-                     for j in range(1, n + 1) if i * j <= max_num and i * j >= 1}
-    target_ratios = sorted(target_ratios, key=lambda x: x[0] * x[1])
-    best_ratio_diff, best_ratio, area = float("inf"), (1, 1), width * height
-    for ratio in target_ratios:
-        ratio_diff = abs(aspect_ratio - ratio[0] / ratio[1])
-        if ratio_diff < best_ratio_diff:
-            best_ratio_diff, best_ratio = ratio_diff, ratio
-        elif ratio_diff == best_ratio_diff:
-            if area > 0.5 * image_size * image_size * ratio[0] * ratio[1]:
-                best_ratio = ratio
-    return best_ratio
+def _expected_grid(width: int, height: int, max_num: int, size: int = 448) -> tuple:
+    """InternVL's tiling rule stated as properties (an oracle independent of the loop in
+    `dynamic_grid`): among grids with i*j <= max_num, those closest to the aspect ratio tie;
+    the smallest tie is kept unless a larger tie has i*j < 2*w*h / size^2, and then the
+    largest such tie wins."""
+    grids = [(i, j) for i in range(1, max_num + 1) for j in range(1, max_num + 1)
+             if i * j <= max_num]
+    diffs = {g: abs(width / height - g[0] / g[1]) for g in grids}
+    best = min(diffs.values())
+    ties = sorted((g for g in grids if diffs[g] == best), key=lambda g: g[0] * g[1])
+    larger = [g for g in ties[1:] if width * height > 0.5 * size * size * g[0] * g[1]]
+    return larger[-1] if larger else ties[0]
 
 
 def test_dynamic_grid_matches_sa2va():
+    # tile counts Sa2VA's own code gives (reference/sa2va_formats.md section 2)
     known = {(640, 480): 13, (500, 375): 13, (640, 427): 7, (640, 640): 5, (1024, 1024): 10,
              (1920, 1080): 9, (848, 480): 3, (448, 448): 1}
     for (w, h), n in known.items():
@@ -298,7 +296,7 @@ def test_dynamic_grid_matches_sa2va():
     sizes += [(448 * i, 448 * j) for i in range(1, 7) for j in range(1, 7)] + [(1, 1), (11, 15)]
     for max_num in (1, 2, 4, 6, 12):
         for w, h in sizes:
-            assert dynamic_grid(w, h, max_num=max_num) == _sa2va_grid(w, h, max_num), (w, h)
+            assert dynamic_grid(w, h, max_num=max_num) == _expected_grid(w, h, max_num), (w, h)
 
 
 # -- safety -------------------------------------------------------------------------------------

@@ -58,7 +58,7 @@ from sa2va_shards.config import VisionConfig
 from sa2va_shards.device import collate, to_device
 from sa2va_shards.errors import SYSTEM_EXCEPTIONS, ConfigError
 from sa2va_shards.manifest import CARD
-from sa2va_shards.samples import LoadError, decode_sample, wanted_member
+from sa2va_shards.samples import LoadError, Wording, decode_sample, wanted_member
 from sa2va_shards.schema import SCHEMA_VERSION
 from sa2va_shards.tar_stream import (
     CorruptDataError,
@@ -121,6 +121,8 @@ class LoaderConfig:
     strict: bool = False
     #: check RLE strings (size, run totals) before pycocotools decodes them.
     validate_rle: bool = True
+    #: question / answer templates of the conversations.
+    wording: Wording = field(default_factory=Wording)
 
     def __post_init__(self) -> None:
         if self.task not in ("mask_to_caption", "caption_to_mask", "mixed"):

@@ -18,6 +18,7 @@ import json
 import re
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -30,12 +31,10 @@ from sa2va_shards.errors import SampleError
 from sa2va_shards.prompts import image_prompt, regions_header
 
 __all__ = [
-    "ANSWER_LIST",
-    "DETAILED_QUESTIONS",
     "FRAME_MEMBER",
-    "SEG_QUESTIONS",
     "TEXT_FIELDS",
     "LoadError",
+    "Wording",
     "decode_sample",
     "wanted_member",
 ]
@@ -48,60 +47,42 @@ _BASE_MEMBERS = {"jpg", "png", "json", "prompt_masks.npy", "k.npy"}
 TEXT_FIELDS = ("caption", "description", "expression", "expressions", "sentences", "captions",
                "category")
 
-# Sa2VA's question lists, verbatim (Osprey_Dataset.py DETAILED_QUESTIONS; glamm
-# datasets/utils/utils.py SEG_QUESTIONS, ANSWER_LIST), so the text matches its training data.
-DETAILED_QUESTIONS = (
-    "Can you provide me with a detailed description of the region in the picture marked by <region>?",  # noqa: E501
-    "I'm curious about the region represented by <region> in the picture. Could you describe it in detail?",  # noqa: E501
-    "What can you tell me about the region indicated by <region> in the image?",
-    "I'd like to know more about the area in the photo labeled <region>. Can you give me a detailed description?",  # noqa: E501
-    "Could you describe the region shown as <region> in the picture in great detail?",
-    "What details can you give me about the region outlined by <region> in the photo?",
-    "Please provide me with a comprehensive description of the region marked with <region> in the image.",  # noqa: E501
-    "Can you give me a detailed account of the region labeled as <region> in the picture?",
-    "I'm interested in learning more about the region represented by <region> in the photo. Can you describe it in detail?",  # noqa: E501
-    "What is the region outlined by <region> in the picture like? Could you give me a detailed description?",  # noqa: E501
-    "Can you provide me with a detailed description of the region in the picture marked by <region>, please?",  # noqa: E501
-    "I'm curious about the region represented by <region> in the picture. Could you describe it in detail, please?",  # noqa: E501
-    "What can you tell me about the region indicated by <region> in the image, exactly?",
-    "I'd like to know more about the area in the photo labeled <region>, please. Can you give me a detailed description?",  # noqa: E501
-    "Could you describe the region shown as <region> in the picture in great detail, please?",
-    "What details can you give me about the region outlined by <region> in the photo, please?",
-    "Please provide me with a comprehensive description of the region marked with <region> in the image, please.",  # noqa: E501
-    "Can you give me a detailed account of the region labeled as <region> in the picture, please?",
-    "I'm interested in learning more about the region represented by <region> in the photo. Can you describe it in detail, please?",  # noqa: E501
-    "What is the region outlined by <region> in the picture like, please? Could you give me a detailed description?",  # noqa: E501
-    "Please describe the region <region> in the image in detail.",
-    "Can you offer a thorough analysis of the region <region> in the image?",
-    "Could you elaborate on the region highlighted by <region> in the picture provided?",
-    "Please share more information about the zone emphasized with <region> in the photo.",
-    "What insights can you give about the area denoted by <region> in the image presented?",
-    "Can you share a comprehensive rundown of the region denoted by <region> in the presented image?",  # noqa: E501
-    "I'd like to know more about the region highlighted by <region> in the picture provided.",
-    "Work through the important details of the area <region> in the image.",
-    "Illustrate the area represented by <region> through a descriptive explanation.",
-    "Examine the region <region> closely and share its details.",
-)
-SEG_QUESTIONS = (
-    "Can you segment the {class_name} in this image?",
-    "Please segment {class_name} in this image.",
-    "What is {class_name} in this image? Please respond with segmentation mask.",
-    "What is {class_name} in this image? Please output segmentation mask.",
-    "Can you segment the {class_name} in this image",
-    "Please segment {class_name} in this image",
-    "What is {class_name} in this image? Please respond with segmentation mask",
-    "What is {class_name} in this image? Please output segmentation mask",
-    "Could you provide a segmentation mask for the {class_name} in this image?",
-    "Please identify and segment the {class_name} in this image.",
-    "Where is the {class_name} in this picture? Please respond with a segmentation mask.",
-    "Can you highlight the {class_name} in this image with a segmentation mask?",
-    "Could you provide a segmentation mask for the {class_name} in this image",
-    "Please identify and segment the {class_name} in this image",
-    "Where is the {class_name} in this picture? Please respond with a segmentation mask",
-    "Can you highlight the {class_name} in this image with a segmentation mask",
-)
-ANSWER_LIST = ("It is [SEG].", "Sure, [SEG].", "Sure, it is [SEG].",
-               "Sure, the segmentation result is [SEG].", "[SEG].")
+@dataclass(frozen=True, kw_only=True)
+class Wording:
+    """Question and answer templates of the conversations the loader builds (our own wording).
+
+    The structure follows Sa2VA (a random question per turn, `<` and `>` removed from region
+    answers, one `[SEG]` per referred object); the sentences are ours. To train on exactly the
+    text of another recipe, pass its lists here: the loader ships no third-party text.
+    """
+
+    #: region captioning questions; `{region}` becomes `region1`, `region2`, ...
+    region_questions: tuple[str, ...] = (
+        "Describe {region} in detail.",
+        "What does {region} show? Give a detailed description.",
+        "Give a thorough description of the area marked {region}.",
+        "Explain what is inside {region} in this image.",
+        "Write a detailed caption for {region}.",
+        "Tell me about {region} in the picture.",
+    )
+    #: referring segmentation questions; `{phrase}` becomes the object's text.
+    seg_questions: tuple[str, ...] = (
+        "Segment the {phrase}.",
+        "Where is the {phrase}? Answer with a mask.",
+        "Give the segmentation mask of the {phrase}.",
+        "Find the {phrase} in the image and segment it.",
+        "Which pixels belong to the {phrase}? Reply with a mask.",
+    )
+    #: referring segmentation answers, each with exactly one `[SEG]`.
+    seg_answers: tuple[str, ...] = ("[SEG].", "Here is the mask: [SEG].",
+                                    "This is it: [SEG].")
+
+    def __post_init__(self) -> None:
+        for name in ("region_questions", "seg_questions", "seg_answers"):
+            if not getattr(self, name):
+                raise ValueError(f"Wording.{name} must not be empty")
+        if any(a.count("[SEG]") != 1 for a in self.seg_answers):
+            raise ValueError("every seg answer needs exactly one [SEG]")
 
 
 class LoadError(Exception):
@@ -295,30 +276,30 @@ def _image_block(kind: str, frames: int, tokens: int, n_tiles: int) -> str:
     return image_prompt(tokens, n_tiles=n_tiles) + "\n"
 
 
-def caption_turns(texts: list[str], ks: list[int], image: str,
-                  rng: np.random.Generator) -> list[dict[str, str]]:
-    """Region captioning (Osprey description wording): the first input is the image block, the
+def caption_turns(texts: list[str], ks: list[int], image: str, rng: np.random.Generator,
+                  wording: Wording) -> list[dict[str, str]]:
+    """Region captioning (Osprey-style structure): the first input is the image block, the
     regions header with K `<IMG_CONTEXT>` per region, then a question about region1; one turn
     per region; answers have `<` and `>` removed, as Sa2VA does."""
     turns = []
     for i, text in enumerate(texts):
-        question = _pick(DETAILED_QUESTIONS, rng).replace("<region>", f"region{i + 1}")
+        question = _pick(wording.region_questions, rng).format(region=f"region{i + 1}")
         if i == 0:
             question = image + regions_header(ks) + question
         turns.append({"input": question, "output": text.replace("<", "").replace(">", "")})
     return turns
 
 
-def referring_turns(texts: list[str], image: str,
-                    rng: np.random.Generator) -> list[dict[str, str]]:
-    """Referring segmentation (RefCOCO wording): one "segment the {phrase}" turn per object,
+def referring_turns(texts: list[str], image: str, rng: np.random.Generator,
+                    wording: Wording) -> list[dict[str, str]]:
+    """Referring segmentation (RefCOCO-style structure): one "segment the {phrase}" turn per object,
     answered with one `[SEG]`; the object's GT mask is that turn's target."""
     turns = []
     for i, text in enumerate(texts):
-        question = _pick(SEG_QUESTIONS, rng).format(class_name=_clean_phrase(text))
+        question = _pick(wording.seg_questions, rng).format(phrase=_clean_phrase(text))
         if i == 0:
             question = image + question
-        turns.append({"input": question, "output": _pick(ANSWER_LIST, rng)})
+        turns.append({"input": question, "output": _pick(wording.seg_answers, rng)})
     return turns
 
 
@@ -389,7 +370,8 @@ def _add_text(sample: dict, kind: str, frames: int, ks: np.ndarray, meta: dict, 
     texts = [_pick(object_texts(o), rng) for o in sample["objects"]]
     image = _image_block(kind, frames, cfg.vision.tokens_per_image, n_tiles)
     if sample["task"] == "mask_to_caption":
-        sample["conversation"] = caption_turns(texts, [int(v) for v in ks], image, rng)
+        sample["conversation"] = caption_turns(texts, [int(v) for v in ks], image, rng,
+                                               cfg.wording)
     else:
-        sample["conversation"] = referring_turns(texts, image, rng)
+        sample["conversation"] = referring_turns(texts, image, rng, cfg.wording)
     sample["texts"] = texts
