@@ -101,21 +101,21 @@ def _fallback(m: _Masks, zero: np.ndarray, h: int, w: int, grid: int) -> np.ndar
     return prompt.reshape(m.prompt.shape)
 
 
-def _apply_k_zero(m: _Masks, objects: tuple[dict, ...], keep: np.ndarray, cfg: BuildConfig,
-                  h: int, w: int) -> tuple[np.ndarray, np.ndarray, list[DroppedObject]]:
-    """Apply `masks.k_zero`; returns (prompt, keep, dropped), new arrays."""
-    visible = m.areas > 0
-    k = ops.count_k(m.prompt)
-    never = keep & ~(visible & (k > 0)).any(axis=0)  # visible somewhere, never prompted
+def _apply_k_zero(m: _Masks, objects: tuple[dict, ...], keep: np.ndarray, zero: np.ndarray,
+                  never: np.ndarray, cfg: BuildConfig, h: int,
+                  w: int) -> tuple[np.ndarray, np.ndarray, list[DroppedObject]]:
+    """Apply `masks.k_zero` given `zero` (T, n: visible with K = 0) and `never` (n: objects
+    never prompted); returns (prompt, keep, dropped), new arrays."""
     policy = cfg.masks.k_zero
-    if not never.any() and policy != "fallback_any" or policy == "keep":
+    if policy == "keep" or not zero.any():
+        return m.prompt, keep, []
+    if policy == "fallback_any":
+        return _fallback(m, zero, h, w, cfg.vision.grid), keep, []
+    if not never.any():  # drop_* act on objects that never get a token
         return m.prompt, keep, []
     if policy == "drop_sample":
         ids = [str(objects[i].get("id", i)) for i in np.flatnonzero(never)]
         raise SampleError(Reason.K_ZERO, f"objects {ids} have K = 0", stage="transform")
-    if policy == "fallback_any":
-        zero = visible & (k == 0) & keep[None, :]
-        return (_fallback(m, zero, h, w, cfg.vision.grid) if zero.any() else m.prompt), keep, []
     dropped = [_dropped(objects, i, Reason.K_ZERO, "no grid sample point hits the mask")
                for i in np.flatnonzero(never)]
     return m.prompt, keep & ~never, dropped
@@ -129,12 +129,13 @@ def _process(frames: np.ndarray, rles: list[dict], objects: tuple[dict, ...],
     n, grid, size = len(objects), cfg.vision.grid, cfg.image.size
     _check_sizes(rles, n, h, w)
     m = _masks(rles, n, h, w, grid)
-    keep = (m.areas > 0).any(axis=0)
+    visible, k = m.areas > 0, ops.count_k(m.prompt)  # (T, n)
+    keep = visible.any(axis=0)
     dropped = [_dropped(objects, i, Reason.EMPTY_MASK, "mask has no pixels")
                for i in np.flatnonzero(~keep)]
-    k_before = ops.count_k(m.prompt)
-    never = keep & ~((m.areas > 0) & (k_before > 0)).any(axis=0)
-    prompt, keep, k_dropped = _apply_k_zero(m, objects, keep, cfg, h, w)
+    zero = visible & (k == 0)  # visible in that frame, yet no grid point hits it
+    never = keep & ~(visible & (k > 0)).any(axis=0)  # visible somewhere, never prompted
+    prompt, keep, k_dropped = _apply_k_zero(m, objects, keep, zero, never, cfg, h, w)
     dropped += k_dropped
     if not keep.any():
         reasons = sorted({d.reason.value for d in dropped})
@@ -148,7 +149,7 @@ def _process(frames: np.ndarray, rles: list[dict], objects: tuple[dict, ...],
                                                                  size=size))
     images = ops.resize_image(frames, size=size, interpolation=cfg.image.interpolation,
                               backend=cfg.image.resize_backend)
-    fallback = keep & never & (ops.count_k(prompt) > 0).any(axis=0)
+    fallback = (zero & (ops.count_k(prompt) > 0)).any(axis=0)  # some frame got a fallback cell
     return {
         "jpegs": tuple(ops.encode_jpeg(f, quality=cfg.image.jpeg_quality) for f in images),
         "gt": [kept[i * len(idx):(i + 1) * len(idx)] for i in range(t)],

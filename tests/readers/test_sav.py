@@ -117,3 +117,19 @@ def test_loader_streams_video_samples_with_ref_sav_captions(raw, tmp_path_factor
     assert all(set(b["kind"]) == {"video"} for b in batches)
     meta = json.loads(next(iter(read_shards(build.build_dir).values()))["json"])
     assert meta["objects"][0]["caption"] == "The red box slides to the right."
+
+
+def test_fallback_any_gives_every_visible_frame_a_cell_and_still_verifies(raw, tmp_path):
+    cfg = make_config(raw, tmp_path, fmt="sav", dataset="sav", masks={"k_zero": "fallback_any"},
+                      shards={"samples_per_shard": 2})
+    from dataclasses import replace
+
+    cfg = replace(cfg, reader=replace(cfg.reader, options={"max_frames": 4}))
+    build = run_build(cfg, runner="serial", progress=False)
+    assert build.counts["objects_k_zero"] == 0
+    for m in read_shards(build.build_dir).values():
+        k = np.load(io.BytesIO(m["k.npy"]), allow_pickle=False)
+        meta = json.loads(m["json"])
+        assert (k[:, 2] >= 1).all() and meta["objects"][2]["k_fallback"]
+        assert not meta["objects"][0]["k_fallback"]
+    assert verify_build(build.build_dir).ok
