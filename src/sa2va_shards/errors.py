@@ -27,6 +27,7 @@ class Reason(str, Enum):
     K_ZERO = "k_zero"
     CORRUPT_VIDEO = "corrupt_video"
     MISSING_VIDEO = "missing_video"
+    ROTATED_VIDEO = "rotated_video"
     UNEXPECTED = "unexpected_error"
 
 

@@ -90,28 +90,69 @@ def _grid_panel(image: np.ndarray, prompt: np.ndarray, side: int) -> Image.Image
     return Image.alpha_composite(base.convert("RGBA"), layer).convert("RGB")
 
 
+def _outline(panel: Image.Image, masks: np.ndarray) -> Image.Image:
+    """Draw each mask's boundary (its colour on a white halo) on `panel`: the edge shows
+    whether the mask sits on the object in the frame (a tint alone hides a shift)."""
+    side = panel.width
+    idx = (np.arange(side) * masks.shape[-1]) // side  # nearest, to the panel size
+    m = masks[:, idx[:, None], idx[None, :]].astype(bool)
+    inner = m.copy()
+    inner[:, 1:] &= m[:, :-1]
+    inner[:, :-1] &= m[:, 1:]
+    inner[:, :, 1:] &= m[:, :, :-1]
+    inner[:, :, :-1] &= m[:, :, 1:]
+    edge = m & ~inner
+    out = np.asarray(panel).copy()
+    for i, e in enumerate(edge):
+        halo = e.copy()
+        halo[1:] |= e[:-1]
+        halo[:-1] |= e[1:]
+        halo[:, 1:] |= e[:, :-1]
+        halo[:, :-1] |= e[:, 1:]
+        out[halo] = 255
+        out[e] = _COLORS[i % len(_COLORS)]
+    return Image.fromarray(out)
+
+
+def _video_frame_panel(frame: np.ndarray, masks: np.ndarray, prompt: np.ndarray, k: np.ndarray,
+                       side: int) -> Image.Image:
+    """One frame: masks tinted and outlined, the object's grid cells, K = 0 objects ringed."""
+    panel = _outline(_grid_panel(np.asarray(_mask_panel(frame, masks)), prompt, side), masks)
+    _ring_small_objects(panel, masks, k)
+    return panel
+
+
 def _render_video(m: dict[str, bytes], meta: dict, out: Path, side: int = 384,
                   max_frames: int = 4) -> Path:
-    """A strip of frames: each the 1024 frame with its masks tinted and the object's grid cells
-    outlined (the seed's frame/mask alignment check), K per object under each frame."""
-    frames = [ops.decode_image(m[name], max_pixels=1 << 30)
-              for name in sorted(n for n in m if n.startswith("f") and n.endswith(".jpg"))]
-    frames = frames[:max_frames]
+    """A strip of frames: each the 1024 frame with its masks tinted and outlined and the
+    object's grid cells boxed (the seed's frame/mask alignment check), K per object below."""
+    names = sorted(n for n in m if n.startswith("f") and n.endswith(".jpg"))
+    frames = [ops.decode_image(m[name], max_pixels=1 << 30) for name in names[:max_frames]]
     size = frames[0].shape[0]
     rles = decode_sample_json(m["masks_1024.json"])
     prompt, k = decode_npy(m["prompt_masks.npy"]), decode_npy(m["k.npy"])
     n_obj = prompt.shape[1]
-    canvas = Image.new("RGB", (len(frames) * (side + 10) + 10, side + 70 + 24 * n_obj), "white")
-    draw, font = ImageDraw.Draw(canvas), _font(18)
+    side = side // prompt.shape[-1] * prompt.shape[-1]  # whole grid cells
+    font = _font(18)
+    title = (f"{meta['dataset']} / {m['__key__'].decode()}  {meta['width']}x{meta['height']} -> "
+             f"{size}, frames {len(frames)} of {len(names)} shown. Outline: mask; boxed: the "
+             f"{prompt.shape[-1]}x{prompt.shape[-1]} cells whose top-left pixel is in the mask")
+    width = max(len(frames) * (side + 10) + 10, int(font.getlength(title)) + 20)
+    canvas = Image.new("RGB", (width, side + 96 + 24 * n_obj), "white")
+    draw = ImageDraw.Draw(canvas)
+    draw.text((10, 8), title, fill="black", font=font)
     for t, frame in enumerate(frames):
         masks = ops.rle_decode(rles[t], height=size, width=size)
-        tinted = np.asarray(_mask_panel(frame, masks))
-        canvas.paste(_grid_panel(tinted, prompt[t], side), (10 + t * (side + 10), 10))
         x = 10 + t * (side + 10)
-        draw.text((x, side + 16), f"frame {meta['frame_indices'][t]}", fill="black", font=font)
+        canvas.paste(_video_frame_panel(frame, masks, prompt[t], k[t], side), (x, 36))
+        draw.text((x, side + 42), f"frame {meta['frame_indices'][t]}", fill="black", font=font)
         for i in range(n_obj):
-            draw.text((x, side + 40 + 24 * i), f"region{i + 1} K = {int(k[t, i])}",
-                      fill=tuple(int(c) for c in _COLORS[i % len(_COLORS)]), font=font)
+            y = side + 66 + 24 * i
+            draw.rectangle([x, y + 3, x + 16, y + 19],
+                           fill=tuple(int(c) for c in _COLORS[i % len(_COLORS)]))
+            absent = "  (absent)" if not masks[i].any() else ""
+            draw.text((x + 24, y), f"region{i + 1}  K = {int(k[t, i])}{absent}", fill="black",
+                      font=font)
     canvas.save(out)
     return out
 

@@ -5,6 +5,13 @@ lists over objects of COCO compressed RLE. One sample = one clip: annotated fram
 `frame_stride` (in annotated frames) up to `max_frames`, decoded with PyAV (mp4) or read from
 `JPEGImages_24fps/<video_id>/<00000>.jpg`. A decoded frame whose size differs from the RLE size
 (rotation metadata, a wrong video) is a `mask_size_mismatch` reject, not a wrong mask.
+
+Rotation metadata (an mp4 display matrix) is never applied: frames are used as stored, as
+images ignore EXIF. A rotated video whose masks have the stored frame size is kept when the
+masks can only be in stored orientation (a +-90 degree rotation of a non-square video: display
+masks would have the swapped size); when the size cannot tell (180 degrees, a square video)
+the clip is a `rotated_video` reject rather than a possibly mirrored mask. Extracted frames
+(`layout: frames`, written by ffmpeg, which does apply the rotation) have no such metadata.
 """
 
 from __future__ import annotations
@@ -27,7 +34,12 @@ __all__ = ["SAV_FAULTS", "SavReader"]
 
 #: video frames per annotated frame (24 fps video, 6 fps masklets).
 ANNOTATION_STEP = 4
-SAV_FAULTS: tuple[str, ...] = ("corrupt_video", "size_mismatch", "missing_video")
+#: fault kinds `synth` can inject, one clip each (ids sav_900000 + j). `rotated`: 90 degree
+#: display rotation with masks in display orientation; `rotated_180`: 180 degrees. The
+#: extracted frames of both are written rotated (as ffmpeg does), so they match their masks.
+#: `bad_masklet`: `masklet_id` one short of the masklet columns.
+SAV_FAULTS: tuple[str, ...] = ("corrupt_video", "size_mismatch", "missing_video", "rotated",
+                               "rotated_180", "bad_masklet")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -48,6 +60,13 @@ class SavReader:
     #: optional Ref-SAV expression file (Sa2VA's `sam_v_final_v3.json`: {video_id: {objects:
     #: {column index: {formated, short_caps}}}}), relative to root: adds object captions.
     expressions: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.layout not in ("mp4", "frames"):
+            raise ConfigError(f"sav layout {self.layout!r}: expected 'mp4' or 'frames'")
+        if self.frame_stride < 1 or self.max_frames < 1:
+            raise ConfigError(f"sav frame_stride {self.frame_stride} and max_frames "
+                              f"{self.max_frames} must be >= 1")
 
     def list_items(self) -> list[ItemRef]:
         """One item per manual JSON: names and byte sizes only (never parsed here: SA-V has
@@ -86,20 +105,20 @@ class SavReader:
         picked = list(range(0, len(masklet), self.frame_stride))[: self.max_frames]
         if not picked:
             raise SampleError(Reason.NO_OBJECTS, "the video has no annotated frames")
+        rles = _frame_rles(masklet, picked, ref.data["annotation"])
+        ids = _masklet_ids(doc, len(rles[0]), ref.data["annotation"])
         frame_ids = [i * ANNOTATION_STEP for i in picked]
-        frames = (self._mp4_frames(ref, frame_ids) if self.layout == "mp4"
-                  else self._jpeg_frames(ref, frame_ids))
-        rles = [[dict(r) for r in masklet[i]] for i in picked]
-        n_obj = {len(f) for f in rles}
-        if len(n_obj) != 1:
-            raise SampleError(Reason.BAD_ANNOTATION, f"frames list {sorted(n_obj)} objects")
-        ids = doc.get("masklet_id") or list(range(n_obj.pop()))
+        if self.layout == "mp4":
+            frames, rotation = self._mp4_frames(ref, frame_ids)
+            _check_rotation(frames.shape[1:3], rles, rotation, ref.data["video"])
+        else:
+            frames, rotation = self._jpeg_frames(ref, frame_ids), 0
         captions = ref.data.get("captions", {})
-        objects = tuple({"id": int(i), "masklet_id": int(i), **captions.get(str(col), {})}
+        objects = tuple({"id": i, "masklet_id": i, **captions.get(str(col), {})}
                         for col, i in enumerate(ids))
         return RawClip(source_id=ref.source_id, frames=frames, frame_indices=tuple(frame_ids),
-                       rles=tuple(tuple(f) for f in rles), objects=objects,
-                       meta={"video_id": ref.source_id, "fps": 24,
+                       rles=rles, objects=objects,
+                       meta={"video_id": ref.source_id, "fps": 24, "rotation": rotation,
                              "video_frame_count": doc.get("video_frame_count")})
 
     def _annotation(self, ref: ItemRef) -> dict[str, Any]:
@@ -112,17 +131,21 @@ class SavReader:
             raise SampleError(Reason.BAD_ANNOTATION, f"{ref.data['annotation']}: no masklet")
         return doc
 
-    def _mp4_frames(self, ref: ItemRef, frame_ids: list[int]) -> np.ndarray:
+    def _mp4_frames(self, ref: ItemRef, frame_ids: list[int]) -> tuple[np.ndarray, int]:
+        """The wanted frames (T, H, W, 3) RGB as stored, and the rotation metadata (degrees,
+        counter-clockwise, 0 when none): decodes up to the last wanted frame only."""
         import av
 
         rel = ref.data["video"]
         path = Path(self.root) / rel
         if not path.exists():
             raise SampleError(Reason.MISSING_VIDEO, f"{rel}: no such file")
-        wanted, out = set(frame_ids), {}
+        wanted, out, rotation = set(frame_ids), {}, 0
         try:
             with av.open(str(path)) as container:
                 for i, frame in enumerate(container.decode(video=0)):
+                    if i == 0:  # older PyAV has no `rotation`: the size check still applies
+                        rotation = int(round(getattr(frame, "rotation", 0) or 0)) % 360
                     if i in wanted:  # RGB as stored; rotation metadata is not applied
                         out[i] = frame.to_ndarray(format="rgb24")
                     if i >= frame_ids[-1]:
@@ -133,7 +156,7 @@ class SavReader:
         missing = [i for i in frame_ids if i not in out]
         if missing:
             raise SampleError(Reason.CORRUPT_VIDEO, f"{rel}: frames {missing[:5]} not decodable")
-        return np.stack([out[i] for i in frame_ids])
+        return np.stack([out[i] for i in frame_ids]), rotation
 
     def _jpeg_frames(self, ref: ItemRef, frame_ids: list[int]) -> np.ndarray:
         folder = f"{self.frames_dir}/{ref.source_id}"
@@ -173,6 +196,56 @@ class SavReader:
         return out_dir
 
 
+def _frame_rles(masklet: list, picked: list[int], name: str) -> tuple[tuple[dict, ...], ...]:
+    """The picked annotated frames' RLEs, checked to be lists of the same number of
+    {size: [H, W], counts: str} dicts (the transform validates the runs)."""
+    rows = [masklet[i] for i in picked]
+    for t, row in zip(picked, rows, strict=True):
+        if not isinstance(row, list) or not all(
+                isinstance(r, dict) and isinstance(r.get("counts"), str | bytes)
+                and isinstance(r.get("size"), list) and len(r["size"]) == 2
+                and all(isinstance(v, int) for v in r["size"]) for r in row):
+            raise SampleError(Reason.BAD_ANNOTATION,
+                              f"{name}: masklet[{t}] is not a list of COCO RLE dicts")
+    n_obj = sorted({len(row) for row in rows})
+    if len(n_obj) != 1:
+        raise SampleError(Reason.BAD_ANNOTATION, f"{name}: frames list {n_obj} objects")
+    return tuple(tuple({"size": r["size"], "counts": r["counts"]} for r in row) for row in rows)
+
+
+def _masklet_ids(doc: dict[str, Any], n_obj: int, name: str) -> list[int]:
+    """One id per masklet column: `masklet_id`, or the column index when absent."""
+    ids = doc.get("masklet_id")
+    if ids is None:
+        return list(range(n_obj))
+    if not isinstance(ids, list) or len(ids) != n_obj or not all(
+            isinstance(i, int) and not isinstance(i, bool) for i in ids):
+        raise SampleError(Reason.BAD_ANNOTATION,
+                          f"{name}: masklet_id {str(ids)[:80]} does not give one int id per "
+                          f"masklet column ({n_obj})")
+    return ids
+
+
+def _check_rotation(frame_hw: tuple[int, int], rles: tuple[tuple[dict, ...], ...],
+                    rotation: int, name: str) -> None:
+    """Reject a rotated video whose masks may not be in stored orientation (module doc); an
+    unrotated video's sizes are checked by the transform, like images."""
+    if rotation == 0:
+        return
+    h, w = frame_hw
+    sizes = sorted({tuple(r["size"]) for row in rles for r in row})
+    if sizes != [(h, w)]:
+        mh, mw = sizes[0]
+        raise SampleError(Reason.MASK_SIZE_MISMATCH,
+                          f"{name}: masks are {mh}x{mw} (HxW) but the stored frames are {h}x{w}; "
+                          f"the video has {rotation} degree rotation metadata, not applied "
+                          f"(use the extracted-frames layout)")
+    if rotation % 180 == 0 or h == w:
+        raise SampleError(Reason.ROTATED_VIDEO,
+                          f"{name}: {rotation} degree rotation metadata; the masks have the "
+                          f"stored size, so their orientation cannot be told")
+
+
 _SHAPE_COLORS = ((230, 40, 40), (40, 200, 60), (40, 80, 230))
 
 
@@ -189,12 +262,13 @@ def _clip_masks(t: int, h: int, w: int, n_obj: int) -> np.ndarray:
     return masks
 
 
-def _write_clip(out_dir: Path, video_id: str, rng: np.random.Generator, *, n_frames: int,
-                fault: str | None = None, size: tuple[int, int] = (120, 160),
-                n_obj: int = 3) -> None:
-    import av
+#: counter-clockwise display rotation (quarter turns) of the rotation faults.
+_ROTATION_FAULTS = {"rotated": 1, "rotated_180": 2}
 
-    h, w = size
+
+def _draw_clip(rng: np.random.Generator, n_frames: int, h: int, w: int, n_obj: int,
+               fault: str | None) -> tuple[list[np.ndarray], list[list[dict]]]:
+    """The stored frames and, every ANNOTATION_STEP frames, the masklet row (RLEs)."""
     frames, masklet = [], []
     for t in range(n_frames):
         masks = _clip_masks(t, h, w, n_obj)
@@ -202,35 +276,67 @@ def _write_clip(out_dir: Path, video_id: str, rng: np.random.Generator, *, n_fra
         for k in range(n_obj - 1):
             frame[masks[k] == 1] = _SHAPE_COLORS[k % len(_SHAPE_COLORS)]
         frames.append(frame)
-        if t % ANNOTATION_STEP == 0:
-            size_h = h + 8 if fault == "size_mismatch" else h
-            m = masks if size_h == h else np.zeros((n_obj, size_h, w), np.uint8)
-            masklet.append([{"size": r["size"], "counts": r["counts"]}
-                            for r in ops.rle_encode(m)])
-    out_dir.mkdir(parents=True, exist_ok=True)
+        if t % ANNOTATION_STEP:
+            continue
+        if fault == "size_mismatch":
+            masks = np.zeros((n_obj, h + 8, w), np.uint8)
+        elif fault in _ROTATION_FAULTS:  # annotated as a player shows the video
+            masks = np.ascontiguousarray(np.rot90(masks, _ROTATION_FAULTS[fault], axes=(1, 2)))
+        masklet.append([{"size": r["size"], "counts": r["counts"]} for r in ops.rle_encode(masks)])
+    return frames, masklet
+
+
+def _encode_mp4(frames: list[np.ndarray], rotation: int = 0) -> bytes:
+    """H.264 mp4 at 24 fps (near-lossless), with a display rotation (degrees) if not 0."""
+    import av
+
+    h, w = frames[0].shape[:2]
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
         stream = container.add_stream("libx264", rate=24, options={"crf": "12"})
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        if rotation:
+            stream.set_display_rotation(rotation)  # recent PyAV only; synth faults only
         for f in frames:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
         container.mux(stream.encode())
-    data = buf.getvalue()
+    return buf.getvalue()
+
+
+def _write_clip(out_dir: Path, video_id: str, rng: np.random.Generator, *, n_frames: int,
+                fault: str | None = None, size: tuple[int, int] = (120, 160),
+                n_obj: int = 3) -> None:
+    """One clip: mp4, extracted JPEG frames and `_manual.json`, with `fault` injected."""
+    frames, masklet = _draw_clip(rng, n_frames, *size, n_obj, fault)
+    quarter = _ROTATION_FAULTS.get(fault, 0)
+    data = _encode_mp4(frames, 90 * quarter)
     if fault == "corrupt_video":
         data = data[: len(data) // 3]
+    out_dir.mkdir(parents=True, exist_ok=True)
     if fault != "missing_video":
         (out_dir / f"{video_id}.mp4").write_bytes(data)
     frame_dir = out_dir / "JPEGImages_24fps" / video_id
     frame_dir.mkdir(parents=True, exist_ok=True)
-    for t, f in enumerate(frames):
+    for t, f in enumerate(frames):  # extracted as ffmpeg does: display rotation applied
+        f = np.ascontiguousarray(np.rot90(f, quarter))
         (frame_dir / f"{t:05d}.jpg").write_bytes(_synth.encode_image(f))
-    doc = {"video_id": video_id, "video_duration": n_frames / 24, "video_frame_count": n_frames,
-           "video_height": h, "video_width": w, "video_resolution": h * w,
-           "video_environment": "Indoor", "video_split": "train", "masklet": masklet,
-           "masklet_id": list(range(n_obj)), "masklet_size_rel": [0.01] * n_obj,
-           "masklet_size_abs": [float(mask_utils.area(masklet[0][k])) for k in range(n_obj)],
-           "masklet_size_bucket": ["small"] * n_obj, "masklet_visibility_changes": [0] * n_obj,
-           "masklet_first_appeared_frame": [0.0] * n_obj, "masklet_frame_count": [len(masklet)]
-           * n_obj, "masklet_edited_frame_count": [0] * n_obj, "masklet_type": ["manual"] * n_obj,
-           "masklet_stability_score": [[1.0] * len(masklet)] * n_obj, "masklet_num": n_obj}
-    (out_dir / f"{video_id}_manual.json").write_text(json.dumps(doc))
+    ids = list(range(n_obj - 1 if fault == "bad_masklet" else n_obj))
+    (out_dir / f"{video_id}_manual.json").write_text(json.dumps(
+        _manual_json(video_id, masklet, ids, n_frames, *np.rot90(frames[0], quarter).shape[:2])))
+
+
+def _manual_json(video_id: str, masklet: list, ids: list[int], n_frames: int, h: int,
+                 w: int) -> dict[str, Any]:
+    """The SA-V `_manual.json` document (all published keys; only some are read)."""
+    n_obj = len(masklet[0])
+    return {
+        "video_id": video_id, "video_duration": n_frames / 24, "video_frame_count": n_frames,
+        "video_height": h, "video_width": w, "video_resolution": h * w,
+        "video_environment": "Indoor", "video_split": "train", "masklet": masklet,
+        "masklet_id": ids, "masklet_size_rel": [0.01] * n_obj,
+        "masklet_size_abs": [float(mask_utils.area(masklet[0][k])) for k in range(n_obj)],
+        "masklet_size_bucket": ["small"] * n_obj, "masklet_visibility_changes": [0] * n_obj,
+        "masklet_first_appeared_frame": [0.0] * n_obj,
+        "masklet_frame_count": [len(masklet)] * n_obj,
+        "masklet_edited_frame_count": [0] * n_obj, "masklet_type": ["manual"] * n_obj,
+        "masklet_stability_score": [[1.0] * len(masklet)] * n_obj, "masklet_num": n_obj}
