@@ -27,6 +27,7 @@ from sa2va_shards.loader import (
     LoaderConfig,
     ShardDataset,
     ShardLoader,
+    SkippedSamplesWarning,
     collate,
 )
 from sa2va_shards.schema import decode_npy, encode_npy
@@ -169,8 +170,11 @@ def test_k_zero_objects_dropped_for_captioning_only(build):
     assert all((k > 0).all() for k in ks)
     kept = [s["k"] for s in ShardDataset(build, LoaderConfig(gt_masks="none", k_zero="keep"))]
     assert any((k == 0).any() for k in kept)  # the synth has few-pixel objects
-    seg = [s["k"] for s in ShardDataset(build, LoaderConfig(task="caption_to_mask"))]
-    assert sum(len(k) for k in seg) == sum(len(k) for k in kept)
+    seg = list(ShardDataset(build, LoaderConfig(task="caption_to_mask")))
+    # referring keeps K = 0 objects; a COCO category is one target (all its instances)
+    assert sum(len(s["k"]) for s in seg) == sum(
+        len({o["category"] for o in s["meta"]["objects"]}) for s in seg)
+    assert sum(len(s["meta"]["objects"]) for s in seg) == sum(len(k) for k in kept)
 
 
 def test_stored_members_round_trip(build):
@@ -205,7 +209,7 @@ def test_max_objects_is_seeded_and_consistent(build):
     for s in ShardDataset(build, cfg):
         assert len(s["object_index"]) == 1
         assert len(s["k"]) == len(s["prompt_masks"]) == len(s["gt_masks_1024"]) == 1
-        assert s["objects"] == [s["meta"]["objects"][i] for i in s["object_index"]]
+        assert s["objects"] == [s["meta"]["objects"][i] for (i,) in s["object_index"]]
     picks = []
     for epoch in range(4):
         ds = ShardDataset(build, cfg)
@@ -368,7 +372,8 @@ def test_corrupt_members_are_skipped_and_counted(build, all_keys, tmp_path):
         list(ShardDataset(copy, LoaderConfig(strict=True, shuffle=False)))
 
 
-def test_samples_with_nothing_to_serve_are_counted_not_warned(build, all_keys, tmp_path):
+def test_samples_with_nothing_to_serve_are_counted_and_reported_per_pass(build, all_keys,
+                                                                          tmp_path):
     copy = _copy_build(build, tmp_path)
     shard = sorted((copy / "shards").glob("*.tar"))[0]
     with tarfile.open(shard) as tar:
@@ -383,7 +388,8 @@ def test_samples_with_nothing_to_serve_are_counted_not_warned(build, all_keys, t
     ds = ShardDataset(copy, LoaderConfig(gt_masks="none", strict=True))
     with warnings.catch_warnings():
         warnings.simplefilter("error", CorruptDataWarning)
-        keys = _keys(ShardLoader(ds, batch_size=2, num_workers=2))
+        with pytest.warns(SkippedSamplesWarning, match=r"1 intact samples .*no_usable_objects 1"):
+            keys = _keys(ShardLoader(ds, batch_size=2, num_workers=2))
     assert sorted(keys) == sorted(set(all_keys) - {key})
     assert ds.stats == {"no_usable_objects": 1}
 
@@ -431,7 +437,8 @@ def test_video_samples_stack_frames(build, tmp_path):
             yield name, json.dumps([json.loads(data)] * 2).encode()
 
     _rewrite(shard, edit)
-    cfg = LoaderConfig(task="caption_to_mask", gt_masks="both", shuffle=False, max_tiles=12)
+    cfg = LoaderConfig(task="caption_to_mask", gt_masks="both", shuffle=False, max_tiles=12,
+                       frames=None)  # every stored frame
     s = next(s for s in ShardDataset(copy, cfg) if s["__key__"] == key)
     n = len(s["objects"])
     assert s["kind"] == "video" and s["image"].shape == (2, 1024, 1024, 3)

@@ -56,9 +56,18 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sa2va_shards.config import VisionConfig
 from sa2va_shards.device import collate, to_device
+from sa2va_shards.encode import EncodeError, Encoder
 from sa2va_shards.errors import SYSTEM_EXCEPTIONS, ConfigError
 from sa2va_shards.manifest import CARD
-from sa2va_shards.samples import LoadError, Wording, decode_sample, wanted_member
+from sa2va_shards.sa2va import collate_sa2va, encode_sample, model_inputs
+from sa2va_shards.samples import (
+    TASKS,
+    LoadError,
+    Wording,
+    build_tasks,
+    decode_sample,
+    wanted_member,
+)
 from sa2va_shards.schema import SCHEMA_VERSION
 from sa2va_shards.tar_stream import (
     CorruptDataError,
@@ -75,6 +84,7 @@ __all__ = [
     "LoaderConfig",
     "ShardDataset",
     "ShardLoader",
+    "SkippedSamplesWarning",
     "check_preprocessing",
     "collate",
 ]
@@ -84,6 +94,12 @@ log = logging.getLogger(__name__)
 Task = Literal["mask_to_caption", "caption_to_mask", "mixed"]
 GtMasks = Literal["none", "1024", "full", "both"]
 _STATE_FORMAT = 1
+#: skip reasons that are a policy, not corruption (reported once per pass, never raised).
+QUIET_REASONS = frozenset({"no_usable_objects", "task_not_served", "too_long"})
+
+
+class SkippedSamplesWarning(UserWarning):
+    """Intact samples the loader did not serve in a pass (counts by reason)."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -123,6 +139,12 @@ class LoaderConfig:
     validate_rle: bool = True
     #: question / answer templates of the conversations.
     wording: Wording = field(default_factory=Wording)
+    #: video: frames per clip per step, drawn (seeded) from the stored frames and sorted, as
+    #: Sa2VA's video datasets do (5); None serves every stored frame.
+    frames: int | None = 5
+    #: video referring segmentation: targets drawn per clip with replacement, as Sa2VA's video
+    #: datasets do (5); 0 serves each target once (`max_objects` applies).
+    video_targets: int = 5
 
     def __post_init__(self) -> None:
         if self.task not in ("mask_to_caption", "caption_to_mask", "mixed"):
@@ -135,8 +157,10 @@ class LoaderConfig:
             raise ValueError(f"task {self.task!r} needs GT masks as targets; set gt_masks")
         if self.max_objects is not None and self.max_objects < 1:
             raise ValueError(f"max_objects must be >= 1 or None, got {self.max_objects}")
-        if self.max_tiles < 0 or self.shuffle_buffer < 0:
-            raise ValueError("max_tiles and shuffle_buffer must be >= 0")
+        if self.max_tiles < 0 or self.shuffle_buffer < 0 or self.video_targets < 0:
+            raise ValueError("max_tiles, shuffle_buffer and video_targets must be >= 0")
+        if self.frames is not None and self.frames < 1:
+            raise ValueError(f"frames must be >= 1 or None, got {self.frames}")
 
     def expected_preprocessing(self) -> dict[str, Any]:
         """The dataset.json `preprocessing` fields this config requires."""
@@ -193,20 +217,28 @@ class ShardDataset(IterableDataset):
         cfg: what to serve and what the build must match.
         rank, world_size: this process's place among data-parallel ranks; default from
             torch.distributed when initialised, else 0 and 1.
+        encoder: tokenizes each sample's conversation (`encode.Encoder`); with it, samples
+            carry `input_ids` / `labels` and `ShardLoader` yields Sa2VA's model input dict
+            (`sa2va.model_inputs`). Needs full-resolution GT masks (`gt_masks='full'`).
 
     Raises:
-        ConfigError: the build's preprocessing does not match `cfg` (or no dataset.json was
-            found and `cfg.strict`).
+        ConfigError: the build's preprocessing does not match `cfg`, the build cannot serve
+            `cfg.task`, or no dataset.json was found and `cfg.strict`.
     """
 
     def __init__(self, source: str | Path | Sequence[str | Path],
                  cfg: LoaderConfig | None = None, *, rank: int | None = None,
-                 world_size: int | None = None) -> None:
+                 world_size: int | None = None, encoder: Encoder | None = None) -> None:
         super().__init__()
         self.cfg = cfg or LoaderConfig()
+        self.encoder = encoder
+        if encoder is not None and self.cfg.gt_masks not in ("full", "both"):
+            raise ConfigError("a Sa2VA batch (encoder=...) carries full-resolution masks: "
+                              "use LoaderConfig(gt_masks='full')")
         self.urls, build = resolve_source(source)
         self.card, self.shard_counts = read_build(build) if build else ({}, {})
         self._check_card(build)
+        self._check_task(build)
         self.rank, self.world_size = _dist(rank, world_size)
         self.epoch = 0
         self._start: dict[int, int] = {}
@@ -226,6 +258,15 @@ class ShardDataset(IterableDataset):
             warnings.warn(msg, UserWarning, stacklevel=3)
             return
         check_preprocessing(self.card, self.cfg, where=str(build))
+
+    def _check_task(self, build: Path | None) -> None:
+        served = build_tasks(self.card) if build else TASKS
+        wanted = TASKS if self.cfg.task == "mixed" else (self.cfg.task,)
+        if not set(wanted) & set(served):
+            fmt = ((self.card.get("config") or {}).get("reader") or {}).get("format")
+            can = " and ".join(served) or "no task (its objects have no text)"
+            raise ConfigError(f"{build}: this {fmt} build serves {can}; LoaderConfig(task="
+                              f"{self.cfg.task!r}) would yield an empty epoch")
 
     @property
     def num_samples(self) -> int | None:
@@ -341,6 +382,11 @@ class ShardDataset(IterableDataset):
         rng = np.random.default_rng([self.cfg.seed, self.epoch, 2, _key_int(key)])
         try:
             sample = decode_sample(raw, self.cfg, rng)
+            if self.encoder is not None:
+                encode_sample(sample, self.encoder, self.cfg.vision)
+        except EncodeError as e:  # intact, but longer than max_length allows
+            self._count(e.reason, f"{url} sample {key}: {e.detail}", corrupt=False)
+            return None
         except SYSTEM_EXCEPTIONS:
             raise
         except Exception as e:  # noqa: BLE001 - the per-sample boundary: skip, count, warn
@@ -397,6 +443,11 @@ class ShardLoader:
     """A DataLoader over a `ShardDataset` that records what the training loop received
     (`state_dict` is exact at batch boundaries) and optionally moves batches to a device.
 
+    With a dataset that has an `encoder`, every batch is Sa2VA's model input dict
+    (`sa2va.model_inputs`, on `device` or the CPU); otherwise the light batch of `collate`.
+    At the end of each pass, samples skipped for a reason other than corruption (nothing to
+    serve, too long) are reported in one `SkippedSamplesWarning`.
+
     Args:
         dataset: the dataset (its rank/world already set).
         batch_size: samples per batch (collated inside the workers).
@@ -418,19 +469,35 @@ class ShardLoader:
         # dataset with the current epoch and resume positions.
         pin = self.device is not None and self.device.type == "cuda"
         extra = {"prefetch_factor": self.prefetch_factor} if self.num_workers else {}
-        loader = DataLoader(self.dataset, batch_size=self.batch_size, collate_fn=collate,
+        encoder = self.dataset.encoder
+        collate_fn = collate if encoder is None else partial(collate_sa2va,
+                                                              pad_id=encoder.pad_id)
+        loader = DataLoader(self.dataset, batch_size=self.batch_size, collate_fn=collate_fn,
                             num_workers=self.num_workers, pin_memory=pin, **extra)
+        before = self.dataset.stats.copy()
         batches = iter(loader)  # workers start here, each with its copy of the resume state
         if self.num_workers:
             self.dataset._begin_pass()
+        vision = self.dataset.cfg.vision
         for batch in batches:
             self.dataset.observe(batch)
             if batch["batch_size"] == 0:
                 continue
-            if self.device is not None:
-                batch = to_device(batch, self.device, vision=self.dataset.cfg.vision,
-                                  dtype=self.dtype)
+            if encoder is not None:
+                batch = model_inputs(batch, self.device or "cpu", vision=vision,
+                                     dtype=self.dtype)
+            elif self.device is not None:
+                batch = to_device(batch, self.device, vision=vision, dtype=self.dtype)
             yield batch
+        self._report(self.dataset.stats - before)
+
+    @staticmethod
+    def _report(skipped: Counter) -> None:
+        quiet = {r: n for r, n in skipped.items() if r in QUIET_REASONS}
+        if quiet:
+            counts = ", ".join(f"{r} {n}" for r, n in sorted(quiet.items()))
+            warnings.warn(f"sa2va_shards loader: {sum(quiet.values())} intact samples were not "
+                          f"served this pass ({counts})", SkippedSamplesWarning, stacklevel=3)
 
     def set_epoch(self, epoch: int) -> None:
         """See `ShardDataset.set_epoch`."""

@@ -32,8 +32,10 @@ from sa2va_shards.prompts import image_prompt, regions_header
 
 __all__ = [
     "FRAME_MEMBER",
+    "TASKS",
     "TEXT_FIELDS",
     "LoadError",
+    "build_tasks",
     "Wording",
     "decode_sample",
     "wanted_member",
@@ -42,6 +44,8 @@ __all__ = [
 #: video frame members: f0000.jpg, f0001.jpg, ...
 FRAME_MEMBER = re.compile(r"f\d{4}\.(jpg|png)")
 _BASE_MEMBERS = {"jpg", "png", "json", "prompt_masks.npy", "k.npy"}
+#: what a sample can be served for: region captioning, referring segmentation.
+TASKS: tuple[str, ...] = ("mask_to_caption", "caption_to_mask")
 
 #: object fields searched, in order, for the object's text (str or list of str).
 TEXT_FIELDS = ("caption", "description", "expression", "expressions", "sentences", "captions",
@@ -76,6 +80,13 @@ class Wording:
     #: referring segmentation answers, each with exactly one `[SEG]`.
     seg_answers: tuple[str, ...] = ("[SEG].", "Here is the mask: [SEG].",
                                     "This is it: [SEG].")
+    #: appended to every question of Osprey's short-form file (Sa2VA's instruction, which
+    #: its checkpoints were trained with).
+    short_answer_suffix: str = " Answer the question using a single word or phrase."
+    #: Osprey dialogues: Sa2VA strips every `<` and `>` from the stored turns before it looks
+    #: for the `<image>` tag, so its models were trained on a stray "image" line after the
+    #: regions header. True (default) does the same; False removes the tag instead.
+    osprey_image_quirk: bool = True
 
     def __post_init__(self) -> None:
         for name in ("region_questions", "seg_questions", "seg_answers"):
@@ -176,44 +187,102 @@ def _prompt_and_k(raw: dict[str, Any], meta: dict, kind: str, grid: int) -> tupl
     return prompt, k.astype(np.int64)
 
 
-def object_texts(obj: dict) -> list[str]:
-    """The object's texts from the first non-empty field of `TEXT_FIELDS` (empty if none)."""
+def object_texts(obj: dict) -> tuple[str | None, list[str]]:
+    """(field, texts) from the object's first non-empty field of `TEXT_FIELDS`; (None, [])
+    when it has none."""
     for field in TEXT_FIELDS:
         v = obj.get(field)
         if isinstance(v, str) and v.strip():
-            return [v.strip()]
+            return field, [v.strip()]
         if isinstance(v, list):
             texts = [t.strip() for t in v if isinstance(t, str) and t.strip()]
             if texts:
-                return texts
-    return []
+                return field, texts
+    return None, []
 
 
-def _select_objects(objects: list[dict], k_vp: np.ndarray, task: str, cfg: Any,
-                    rng: np.random.Generator) -> np.ndarray:
-    """Indices of the objects used this step: with text, K > 0 for region captioning (unless
-    `k_zero='keep'`), then at most `max_objects` of them (seeded, kept in stored order)."""
-    usable = np.array([bool(object_texts(o)) for o in objects], dtype=bool)
-    if task == "mask_to_caption" and cfg.k_zero == "drop":
-        usable &= k_vp > 0
-    idx = np.flatnonzero(usable)
-    if cfg.max_objects is not None and len(idx) > cfg.max_objects:
-        idx = np.sort(rng.choice(idx, cfg.max_objects, replace=False))
-    if len(idx) == 0:
-        raise LoadError("no_usable_objects", f"none of {len(objects)} objects has text"
-                        + (" and K > 0" if task == "mask_to_caption" else ""), corrupt=False)
-    return idx
+def clean_phrase(text: str) -> str:
+    """A referring phrase as it goes into "... the {phrase} ...": lower-cased (Sa2VA lower-cases
+    referring sentences), one trailing '.' and a leading article removed (our templates say
+    "the", and Ref-SAV captions start with one)."""
+    phrase = text.strip().lower()
+    phrase = phrase[:-1] if phrase.endswith(".") else phrase
+    return _ARTICLE.sub("", phrase, count=1)
 
 
-def _decode_images(raw: dict[str, Any], kind: str, size: int) -> torch.Tensor:
-    """(T, S, S, 3) uint8 frames (HWC: collate stacks them into channels_last batches)."""
+_ARTICLE = re.compile(r"^(the|a|an)\s+")
+
+
+def referring_targets(objects: list[dict], rng: np.random.Generator
+                      ) -> list[tuple[str, list[int]]]:
+    """(phrase, member object indices) per referring target; no phrase names two targets.
+
+    An object whose only text is its `category` is not a referring expression: a category
+    names every instance of it, so each category is ONE target, the union of all its
+    instances in the sample. An object with a real expression (caption, sentences, ...) is
+    its own target, with a phrase drawn (seeded) among those no other target uses; an object
+    left without an unused phrase sits this step out.
+    """
+    categories: dict[str, list[int]] = {}
+    expressions: list[tuple[int, list[str]]] = []
+    for i, obj in enumerate(objects):
+        field, texts = object_texts(obj)
+        if field == "category":
+            categories.setdefault(clean_phrase(texts[0]), []).append(i)
+        elif texts:
+            expressions.append((i, texts))
+    targets = [(phrase, members) for phrase, members in categories.items()]
+    used = set(categories)
+    for i, texts in expressions:
+        free = [t for t in texts if clean_phrase(t) not in used]
+        if free:
+            text = _pick(free, rng)
+            used.add(clean_phrase(text))
+            targets.append((text, [i]))
+    return sorted(targets, key=lambda t: t[1][0])
+
+
+def _caption_units(objects: list[dict], k_vp: np.ndarray, cfg: Any,
+                   rng: np.random.Generator) -> list[tuple[str, list[int]]]:
+    """(text, [object]) per captioned region: objects with text, K > 0 on the prompt frame
+    (unless `k_zero='keep'`); one of the object's texts drawn (seeded)."""
+    units = []
+    for i, obj in enumerate(objects):
+        texts = object_texts(obj)[1]
+        if texts and (cfg.k_zero == "keep" or k_vp[i] > 0):
+            units.append((_pick(texts, rng), [i]))
+    return units
+
+
+def _limit(units: list, cfg: Any, rng: np.random.Generator) -> list:
+    """At most `max_objects` units (seeded, kept in stored order)."""
+    if cfg.max_objects is None or len(units) <= cfg.max_objects:
+        return units
+    keep = np.sort(rng.choice(len(units), cfg.max_objects, replace=False))
+    return [units[i] for i in keep]
+
+
+def sample_frames(total: int, frames: int | None, rng: np.random.Generator) -> np.ndarray:
+    """Stored frame indices used this step, sorted: Sa2VA's video rule (seeded here) draws
+    `frames` distinct frames when the clip has more than `frames + 1`, else `frames` with
+    replacement (a short clip repeats frames); None takes every stored frame once."""
+    if frames is None:
+        return np.arange(total)
+    return np.sort(rng.choice(total, frames, replace=total <= frames + 1))
+
+
+def _decode_images(raw: dict[str, Any], kind: str, size: int, frames: np.ndarray,
+                   stored: int) -> torch.Tensor:
+    """(T, S, S, 3) uint8 of the chosen stored frames (HWC: collate stacks them into
+    channels_last batches); only those frames' JPEGs are decoded."""
     if kind == "video":
         names = sorted(n for n in raw if FRAME_MEMBER.fullmatch(n))
-        if not names:
-            raise LoadError("missing_member", "video sample without f0000.jpg frames")
+        if len(names) != stored:
+            raise LoadError("inconsistent", f"{len(names)} frames but prompt masks for {stored}")
+        names = [names[i] for i in frames]
     else:
         names = ["jpg" if "jpg" in raw else "png"]
-    frames = []
+    decoded = []
     for name in names:
         try:
             # the stored image must be S x S: anything larger is refused from its header
@@ -223,19 +292,21 @@ def _decode_images(raw: dict[str, Any], kind: str, size: int) -> torch.Tensor:
         if a.shape != (size, size, 3):
             raise LoadError("inconsistent", f"{name} is {a.shape[1]}x{a.shape[0]}, "
                                             f"expected {size}x{size}")
-        frames.append(a)
+        decoded.append(a)
     with warnings.catch_warnings():  # Pillow's read-only buffer; collate copies it, never writes
         warnings.simplefilter("ignore", UserWarning)
-        return torch.from_numpy(frames[0][None] if len(frames) == 1 else np.stack(frames))
+        return torch.from_numpy(decoded[0][None] if len(decoded) == 1 else np.stack(decoded))
 
 
-def _decode_rles(rles: Any, idx: np.ndarray, n: int, h: int, w: int, *, packed: bool,
+def _decode_rles(rles: Any, groups: list[list[int]], n: int, h: int, w: int, *, packed: bool,
                  validate: bool) -> np.ndarray:
-    """Selected objects' masks: packed (n_sel, W, ceil(H/8)) uint8 bits along H (pycocotools'
-    column-major planes pack without a copy) or dense (n_sel, H, W) uint8."""
+    """One mask per group, the union of its objects' masks (exact: a bitwise OR, also of the
+    packed bits): packed (n_groups, W, ceil(H/8)) uint8 bits along H (pycocotools'
+    column-major planes pack without a copy) or dense (n_groups, H, W) uint8."""
     if not isinstance(rles, list) or len(rles) != n:
         got = len(rles) if isinstance(rles, list) else type(rles).__name__
         raise LoadError("inconsistent", f"RLE list of {got} for {n} objects")
+    idx = sorted({i for g in groups for i in g})
     try:
         chosen = [ops.segmentation_to_rle(rles[i], h, w) if validate else
                   {"size": rles[i]["size"], "counts": rles[i]["counts"].encode()} for i in idx]
@@ -244,35 +315,38 @@ def _decode_rles(rles: Any, idx: np.ndarray, n: int, h: int, w: int, *, packed: 
         raise LoadError("bad_rle", e.detail) from e
     except (KeyError, TypeError, AttributeError) as e:
         raise LoadError("bad_rle", f"{type(e).__name__}: {e}") from e
-    if packed:
-        return np.packbits(masks.transpose(0, 2, 1), axis=-1)
-    return np.ascontiguousarray(masks)
+    planes = np.packbits(masks.transpose(0, 2, 1), axis=-1) if packed else masks
+    row = {i: r for r, i in enumerate(idx)}
+    out = [planes[row[g[0]]] if len(g) == 1 else
+           np.bitwise_or.reduce(planes[[row[i] for i in g]], axis=0) for g in groups]
+    return np.ascontiguousarray(np.stack(out))
 
 
-def _gt_masks(raw: dict[str, Any], name: str, kind: str, idx: np.ndarray, n: int, h: int,
-              w: int, cfg: Any, frames: int) -> torch.Tensor:
+def _gt_masks(raw: dict[str, Any], name: str, kind: str, groups: list[list[int]], n: int,
+              h: int, w: int, cfg: Any, frames: np.ndarray, stored: int) -> torch.Tensor:
     rles = _json(raw, name)
     opts = {"packed": cfg.gt_format == "packed", "validate": cfg.validate_rle}
     if kind == "video":
-        if not isinstance(rles, list) or len(rles) != frames:
-            raise LoadError("inconsistent", f"{name}: expected a list over {frames} frames")
-        return torch.from_numpy(np.stack([_decode_rles(f, idx, n, h, w, **opts) for f in rles]))
-    return torch.from_numpy(_decode_rles(rles, idx, n, h, w, **opts))
+        if not isinstance(rles, list) or len(rles) != stored:
+            raise LoadError("inconsistent", f"{name}: expected a list over {stored} frames")
+        return torch.from_numpy(np.stack([_decode_rles(rles[f], groups, n, h, w, **opts)
+                                          for f in frames]))
+    return torch.from_numpy(_decode_rles(rles, groups, n, h, w, **opts))
+
+
+def _union_grid(prompt: np.ndarray, groups: list[list[int]]) -> np.ndarray:
+    """(..., n_groups, G, G) prompt masks of the groups: pooling is sampling, so the pooled
+    union is the union of the pooled masks, bit for bit."""
+    return np.stack([prompt[..., g, :, :].any(axis=-3) for g in groups], axis=-3)
 
 
 def _pick(options: Sequence[str], rng: np.random.Generator) -> str:
     return options[int(rng.integers(len(options)))]
 
 
-def _clean_phrase(text: str) -> str:
-    # RefCOCO_Dataset._parse_annotations: lower-case, one trailing '.' removed
-    phrase = text.lower()
-    return phrase[:-1] if phrase.endswith(".") else phrase
-
-
 def _image_block(kind: str, frames: int, tokens: int, n_tiles: int) -> str:
-    if kind == "video":  # Sa2VA video prompt: one block per frame, no separator before the text
-        return "".join(image_prompt(tokens) + "\n" for _ in range(frames)).strip()
+    if kind == "video":  # Sa2VA video prompt: one block per frame, joined by newlines
+        return "\n".join(image_prompt(tokens) for _ in range(frames))
     return image_prompt(tokens, n_tiles=n_tiles) + "\n"
 
 
@@ -292,21 +366,130 @@ def caption_turns(texts: list[str], ks: list[int], image: str, rng: np.random.Ge
 
 def referring_turns(texts: list[str], image: str, rng: np.random.Generator,
                     wording: Wording) -> list[dict[str, str]]:
-    """Referring segmentation (RefCOCO-style structure): one "segment the {phrase}" turn per object,
-    answered with one `[SEG]`; the object's GT mask is that turn's target."""
+    """Referring segmentation (RefCOCO-style structure): one "segment the {phrase}" turn per
+    target, answered with one `[SEG]`; the target's GT mask is that turn's mask."""
     turns = []
     for i, text in enumerate(texts):
-        question = _pick(wording.seg_questions, rng).format(phrase=_clean_phrase(text))
+        question = _pick(wording.seg_questions, rng).format(phrase=clean_phrase(text))
         if i == 0:
             question = image + question
         turns.append({"input": question, "output": _pick(wording.seg_answers, rng)})
     return turns
 
 
-def _task(cfg: Any, rng: np.random.Generator) -> str:
+def is_dialogue(meta: dict) -> bool:
+    """Whether the sample's text is a stored region dialogue (Osprey's `conversations` or
+    per-region `description`) rather than per-object text."""
+    return isinstance(meta.get("conversations"), list) or isinstance(meta.get("description"),
+                                                                     list)
+
+
+def _strip_brackets(text: Any) -> str:
+    if not isinstance(text, str):
+        raise LoadError("bad_dialogue", f"turn text is {type(text).__name__}, not a string")
+    return text.replace("<", "").replace(">", "")
+
+
+def _dialogue_messages(meta: dict, rng: np.random.Generator,
+                       wording: Wording) -> list[tuple[str, str]]:
+    """(role, text) messages as Sa2VA's Osprey datasets make them, before pairing."""
+    if isinstance(meta.get("description"), list):  # detail description: a question per region
+        messages = []
+        for i, text in enumerate(meta["description"]):
+            question = _pick(wording.region_questions, rng).format(region=f"region{i + 1}")
+            messages += [("human", question), ("gpt", _strip_brackets(text))]
+        return messages
+    suffix = wording.short_answer_suffix if meta.get("task") == "osprey_short_form" else ""
+    messages = []
+    for turn in meta["conversations"]:
+        if not isinstance(turn, dict) or turn.get("from") not in ("human", "gpt"):
+            raise LoadError("bad_dialogue", f"turn {turn!r:.80} is not from human or gpt")
+        value = turn["value"]
+        if not wording.osprey_image_quirk and isinstance(value, str):
+            value = re.sub(r"<image>\s*", "", value)
+        value = _strip_brackets(value)
+        messages.append((turn["from"], value + suffix if turn["from"] == "human" else value))
+    return messages
+
+
+def dialogue_turns(meta: dict, ks: list[int], image: str, rng: np.random.Generator,
+                   wording: Wording) -> list[dict[str, str]]:
+    """An Osprey element's stored dialogue as turns, built as Sa2VA's Osprey datasets build
+    them: `<` and `>` stripped from every turn (`<region1>` -> `region1`); the regions header
+    (K `<IMG_CONTEXT>` per region) before the first question, the image block before it;
+    leading answers skipped; consecutive questions joined; a question left without an answer
+    dropped. Detail descriptions get one question per region (`Wording.region_questions`)."""
+    messages = _dialogue_messages(meta, rng, wording)
+    while messages and messages[0][0] == "gpt":
+        messages = messages[1:]
+    turns, question, first = [], "", True
+    for role, text in messages:
+        if role == "human":
+            if first:  # Sa2VA strips the header + first question as one string
+                text, first = (regions_header(ks) + text).strip(), False
+                text = image + text
+            question += text
+        else:
+            turns.append({"input": question, "output": text})
+            question = ""
+    if not turns:
+        raise LoadError("bad_dialogue", "no question/answer pair in the stored dialogue")
+    return turns
+
+
+def build_tasks(card: dict[str, Any]) -> tuple[str, ...]:
+    """Tasks a build can serve, from its card's reader: Osprey's stored dialogues serve
+    region captioning only; SA-V objects have text only with Ref-SAV captions; the other
+    formats carry per-object text (category, caption, sentences) and serve both."""
+    reader = (card.get("config") or {}).get("reader") or {}
+    fmt = reader.get("format")
+    if fmt == "osprey":
+        return ("mask_to_caption",)
+    if fmt == "sav" and not (reader.get("options") or {}).get("expressions"):
+        return ()
+    return TASKS
+
+
+def sample_tasks(meta: dict) -> tuple[str, ...]:
+    """Tasks one sample can serve: a stored dialogue (Osprey) serves region captioning only;
+    objects with text serve both."""
+    if is_dialogue(meta):
+        return ("mask_to_caption",)
+    if any(object_texts(o)[1] for o in meta["objects"]):
+        return TASKS
+    return ()
+
+
+def _task(cfg: Any, meta: dict, rng: np.random.Generator) -> str:
+    served = sample_tasks(meta)
     if cfg.task == "mixed":
-        return "mask_to_caption" if rng.random() < 0.5 else "caption_to_mask"
+        if not served:
+            raise LoadError("no_usable_objects", "no object has text", corrupt=False)
+        return served[int(rng.integers(len(served)))] if len(served) > 1 else served[0]
+    if cfg.task not in served:
+        raise LoadError("task_not_served", f"the sample cannot serve {cfg.task}", corrupt=False)
     return cfg.task
+
+
+def _plan(meta: dict, kind: str, task: str, k_vp: np.ndarray, cfg: Any,
+          rng: np.random.Generator) -> list[tuple[str, list[int]]]:
+    """(text, member objects) per unit served: a region to caption or a referring target."""
+    objects = meta["objects"]
+    if task == "caption_to_mask" and kind == "video" and cfg.video_targets:
+        targets = referring_targets(objects, rng)  # Sa2VA: a fixed number, with replacement
+        units = [targets[i] for i in rng.choice(len(targets), cfg.video_targets)] if targets \
+            else []
+    elif task == "caption_to_mask":
+        units = _limit(referring_targets(objects, rng), cfg, rng)
+    elif is_dialogue(meta):  # the stored dialogue names every region: all are prompted
+        units = [("", [i]) for i in range(len(objects))]
+    else:
+        units = _limit(_caption_units(objects, k_vp, cfg, rng), cfg, rng)
+    if not units:
+        why = " and K > 0" if task == "mask_to_caption" and cfg.k_zero == "drop" else ""
+        raise LoadError("no_usable_objects", f"none of {len(objects)} objects has text{why}",
+                        corrupt=False)
+    return units
 
 
 def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator) -> dict[str, Any]:
@@ -319,8 +502,10 @@ def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator) -> di
             the same choices).
 
     Returns:
-        A dict with `image` (T, S, S, 3) uint8, `prompt_masks` bool, `k` int64, GT masks,
-        `conversation`, `objects`, ... (see `loader.collate`).
+        A dict with `image` (T, S, S, 3) uint8, per unit `prompt_masks` bool and `k` int64
+        (video: over the chosen frames), GT masks, `conversation`, `objects`, ... (see
+        `device.collate`). A unit is one region (captioning) or one referring target (the
+        union of a category's instances, or one object).
 
     Raises:
         LoadError: the sample is unusable; its `reason` names the stats counter.
@@ -328,37 +513,52 @@ def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator) -> di
     meta = _json(raw, "json")
     kind = _check_meta(meta, cfg)
     prompt, k = _prompt_and_k(raw, meta, kind, cfg.vision.grid)
-    task = _task(cfg, rng)
-    k_vp = k[0] if kind == "video" else k  # video: the first frame carries the visual prompt
-    idx = _select_objects(meta["objects"], k_vp, task, cfg, rng)
-    images = _decode_images(raw, kind, cfg.image_size)
-    frames = images.shape[0]
-    if kind == "video" and (prompt.shape[0] != frames):
-        raise LoadError("inconsistent", f"{frames} frames but prompt masks for {prompt.shape[0]}")
-    sample = {"kind": kind, "task": task, "image": images, "meta": meta,
-              "objects": [meta["objects"][i] for i in idx], "object_index": idx.tolist(),
-              "prompt_masks": torch.from_numpy(np.ascontiguousarray(prompt[..., idx, :, :])),
-              "k": torch.from_numpy(np.ascontiguousarray(k[..., idx]))}
-    _add_gt(sample, raw, kind, idx, len(meta["objects"]), meta, cfg)
-    _add_text(sample, kind, frames, k_vp[idx], meta, cfg, rng)
+    stored = prompt.shape[0] if kind == "video" else 1
+    frames = sample_frames(stored, cfg.frames, rng) if kind == "video" else np.zeros(1, int)
+    if kind == "video":
+        prompt, k = prompt[frames], k[frames]
+    task = _task(cfg, meta, rng)
+    # the visual prompt sits on the last tile before the regions header: the thumbnail of an
+    # image, the last chosen frame of a clip
+    k_vp = k[-1] if kind == "video" else k
+    units = _plan(meta, kind, task, k_vp, cfg, rng)
+    groups = [members for _, members in units]
+    grid = _union_grid(prompt, groups)
+    sample = {"kind": kind, "task": task, "meta": meta,
+              "image": _decode_images(raw, kind, cfg.image_size, frames, stored),
+              "frame_index": frames.tolist(), "object_index": groups,
+              "objects": [_unit_record(meta["objects"], g) for g in groups],
+              "prompt_masks": torch.from_numpy(grid),
+              "k": torch.from_numpy(grid.sum(axis=(-2, -1)).astype(np.int64))}
+    _add_gt(sample, raw, kind, groups, meta, cfg, frames, stored)
+    _add_text(sample, [text for text, _ in units], meta, cfg, rng)
     return sample
 
 
-def _add_gt(sample: dict, raw: dict, kind: str, idx: np.ndarray, n: int, meta: dict,
-            cfg: Any) -> None:
-    size, frames = cfg.image_size, sample["image"].shape[0]
+def _unit_record(objects: list[dict], members: list[int]) -> dict:
+    """The object record of a unit; a union target lists its members' ids."""
+    if len(members) == 1:
+        return objects[members[0]]
+    return {**objects[members[0]], "id": [objects[i].get("id") for i in members]}
+
+
+def _add_gt(sample: dict, raw: dict, kind: str, groups: list[list[int]], meta: dict, cfg: Any,
+            frames: np.ndarray, stored: int) -> None:
+    size, n = cfg.image_size, len(meta["objects"])
     if cfg.gt_masks in ("1024", "both"):
-        sample["gt_masks_1024"] = _gt_masks(raw, "masks_1024.json", kind, idx, n, size, size,
-                                            cfg, frames)
+        sample["gt_masks_1024"] = _gt_masks(raw, "masks_1024.json", kind, groups, n, size, size,
+                                            cfg, frames, stored)
     if cfg.gt_masks in ("full", "both"):
         h, w = int(meta.get("height", 0)), int(meta.get("width", 0))
         if h < 1 or w < 1:
             raise LoadError("bad_json", f"full-resolution masks need height/width, got {h}x{w}")
-        sample["gt_masks"] = _gt_masks(raw, "gt_masks.json", kind, idx, n, h, w, cfg, frames)
+        sample["gt_masks"] = _gt_masks(raw, "gt_masks.json", kind, groups, n, h, w, cfg, frames,
+                                       stored)
 
 
-def _add_text(sample: dict, kind: str, frames: int, ks: np.ndarray, meta: dict, cfg: Any,
+def _add_text(sample: dict, texts: list[str], meta: dict, cfg: Any,
               rng: np.random.Generator) -> None:
+    kind, frames = sample["kind"], sample["image"].shape[0]
     grid = (1, 1)  # videos: one 448 tile per frame, as Sa2VA
     if kind == "image" and cfg.max_tiles > 1:
         grid = dynamic_grid(int(meta["width"]), int(meta["height"]), max_num=cfg.max_tiles,
@@ -367,11 +567,15 @@ def _add_text(sample: dict, kind: str, frames: int, ks: np.ndarray, meta: dict, 
         sample["tile_grid"] = grid
     n_tiles = tile_count(grid)
     sample["num_tiles"] = frames if kind == "video" else n_tiles  # 448 tiles in `tiles`
-    texts = [_pick(object_texts(o), rng) for o in sample["objects"]]
     image = _image_block(kind, frames, cfg.vision.tokens_per_image, n_tiles)
-    if sample["task"] == "mask_to_caption":
-        sample["conversation"] = caption_turns(texts, [int(v) for v in ks], image, rng,
-                                               cfg.wording)
-    else:
+    ks = sample["k"][-1] if kind == "video" else sample["k"]
+    if sample["task"] == "caption_to_mask":
         sample["conversation"] = referring_turns(texts, image, rng, cfg.wording)
+        sample["seg"] = len(texts)
+    elif is_dialogue(meta):
+        sample["conversation"] = dialogue_turns(meta, ks.tolist(), image, rng, cfg.wording)
+        texts = [o.get("region", f"region{i + 1}") for i, o in enumerate(sample["objects"])]
+    else:
+        sample["conversation"] = caption_turns(texts, ks.tolist(), image, rng, cfg.wording)
     sample["texts"] = texts
+    sample["vp"] = sample["task"] == "mask_to_caption"

@@ -129,7 +129,23 @@ def test_frames_layout_gives_the_same_samples_as_mp4(mp4_build, frames_build):
 def test_stride_and_max_frames_pick_annotated_frames(raw, tmp_path_factory):
     build = _build(raw, tmp_path_factory, max_frames=3, frame_stride=2)
     for m in read_shards(build.build_dir).values():
-        assert json.loads(m["json"])["frame_indices"] == [0, 8, 16]
+        meta = json.loads(m["json"])
+        annotated = len(json.loads((raw / f"{meta['video_id']}_manual.json").read_text())
+                        ["masklet"])
+        last = (annotated - 1) // 2 * 2  # the last annotated frame on the stride
+        # three frames spread over the whole clip: first, last and one between, all on the stride
+        picked = [i // 4 for i in meta["frame_indices"]]
+        assert picked[0] == 0 and picked[-1] == last and len(picked) == 3
+        assert all(p % 2 == 0 for p in picked) and picked == sorted(set(picked))
+
+
+def test_every_annotated_frame_is_stored_by_default(raw, tmp_path_factory):
+    build = _build(raw, tmp_path_factory)
+    for m in read_shards(build.build_dir).values():
+        meta = json.loads(m["json"])
+        annotated = len(json.loads((raw / f"{meta['video_id']}_manual.json").read_text())
+                        ["masklet"])
+        assert meta["frame_indices"] == [4 * i for i in range(annotated)]
 
 
 @pytest.mark.parametrize("options", [{"layout": "mkv"}, {"frame_stride": 0}, {"max_frames": 0}])

@@ -55,8 +55,9 @@ class SavReader:
     frames_dir: str = "JPEGImages_24fps"
     #: take every n-th annotated frame...
     frame_stride: int = 1
-    #: ...up to this many per clip.
-    max_frames: int = 8
+    #: ...all of them (None, the default: the loader draws each step's frames from the whole
+    #: clip, as Sa2VA does) or at most this many, spread evenly over the whole clip.
+    max_frames: int | None = None
     #: optional Ref-SAV expression file (Sa2VA's `sam_v_final_v3.json`: {video_id: {objects:
     #: {column index: {formated, short_caps}}}}), relative to root: adds object captions.
     expressions: str | None = None
@@ -64,7 +65,7 @@ class SavReader:
     def __post_init__(self) -> None:
         if self.layout not in ("mp4", "frames"):
             raise ConfigError(f"sav layout {self.layout!r}: expected 'mp4' or 'frames'")
-        if self.frame_stride < 1 or self.max_frames < 1:
+        if self.frame_stride < 1 or (self.max_frames is not None and self.max_frames < 1):
             raise ConfigError(f"sav frame_stride {self.frame_stride} and max_frames "
                               f"{self.max_frames} must be >= 1")
 
@@ -102,7 +103,7 @@ class SavReader:
         """The clip's frames and, per frame and object, the masklet RLE."""
         doc = self._annotation(ref)
         masklet = doc["masklet"]
-        picked = list(range(0, len(masklet), self.frame_stride))[: self.max_frames]
+        picked = _spread(list(range(0, len(masklet), self.frame_stride)), self.max_frames)
         if not picked:
             raise SampleError(Reason.NO_OBJECTS, "the video has no annotated frames")
         rles = _frame_rles(masklet, picked, ref.data["annotation"])
@@ -194,6 +195,13 @@ class SavReader:
                   for vid in ids}
         (out_dir / "sam_v_final_v3.json").write_text(json.dumps(refsav))
         return out_dir
+
+
+def _spread(frames: list[int], cap: int | None) -> list[int]:
+    """At most `cap` of `frames`, evenly spaced from the first to the last."""
+    if cap is None or len(frames) <= cap:
+        return frames
+    return [frames[i] for i in np.linspace(0, len(frames) - 1, cap).round().astype(int)]
 
 
 def _frame_rles(masklet: list, picked: list[int], name: str) -> tuple[tuple[dict, ...], ...]:
