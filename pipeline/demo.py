@@ -25,7 +25,7 @@ DEMO_SETS: tuple[tuple[str, str, int, tuple[str, ...], dict], ...] = (
     ("describe_anything", "demo_dam", 12, ("unsafe_pickle", "corrupt_image", "bad_rle"), {}),
     ("refcoco", "demo_refcoco", 12, ("missing_image", "bad_polygon", "missing_ann"), {}),
     ("sav", "demo_sav", 4, ("corrupt_video", "size_mismatch"),
-     {"expressions": "sam_v_final_v3.json", "max_frames": 6}),
+     {"expressions": "sam_v_final_v3.json"}),
 )
 
 

@@ -19,8 +19,9 @@ _CORPUS = ["There are 2 part regions in the picture: region1, region2.",
 
 
 @cache
-def tiny_tokenizer(*, bos: bool = True) -> PreTrainedTokenizerFast:
-    """Byte-level BPE (any text encodes), ~300 ids; `bos=False` imitates Qwen (no BOS)."""
+def tiny_tokenizer(*, bos: bool = True, sa2va_tokens: bool = True) -> PreTrainedTokenizerFast:
+    """Byte-level BPE (any text encodes), ~300 ids; `bos=False` imitates Qwen (no BOS);
+    `sa2va_tokens=False` leaves Sa2VA's special tokens unregistered."""
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
@@ -31,5 +32,6 @@ def tiny_tokenizer(*, bos: bool = True) -> PreTrainedTokenizerFast:
     hf = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="<pad>",
                                  **({"bos_token": "<s>"} if bos else {}))
     hf.add_tokens(CHAT_TOKENS, special_tokens=True)
-    add_special_tokens(hf)
+    if sa2va_tokens:
+        add_special_tokens(hf)
     return hf
