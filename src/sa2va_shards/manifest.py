@@ -126,8 +126,16 @@ def load_progress(build_dir: Path, shard_file: str) -> ShardResult | None:
     return result
 
 
+def _utf8(value: Any) -> Any:
+    # reject details quote raw text (file names, ids), which may hold lone surrogates that
+    # parquet cannot store: they are escaped, so one odd string never fails the whole table
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def _table(records: Sequence[Any], schema: pa.Schema) -> pa.Table:
-    rows = [dataclasses.asdict(r) for r in records]
+    rows = [{k: _utf8(v) for k, v in dataclasses.asdict(r).items()} for r in records]
     return pa.Table.from_pylist(rows, schema=schema)
 
 

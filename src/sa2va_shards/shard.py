@@ -81,7 +81,7 @@ def process_shard(plan: ShardPlan, cfg: BuildConfig, *, build_dir: str) -> Shard
             `shards.max_consecutive_unexpected` non-data errors in a row.
     """
     start = time.perf_counter()
-    reader = get_reader(cfg.reader)
+    reader = get_reader(cfg.reader, max_pixels=cfg.image.max_pixels)
     samples, rejects = [], []
     failed_run = unexpected_run = 0  # consecutive failures: any reason / unexpected errors
     with ShardWriter(Path(build_dir) / "shards" / plan.name) as writer:

@@ -198,8 +198,6 @@ def render_overlay(build_dir: str | Path, out: str | Path, *, key: str | None = 
 
 def _areas_vs_k(build_dir: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
     """(object area as a fraction of its image, K) for up to `limit` samples, from the shards."""
-    from pycocotools import mask as mask_utils
-
     areas, ks, seen = [], [], 0
     for tar_path in sorted((build_dir / "shards").glob("*.tar")):
         with tarfile.open(tar_path) as tar:
@@ -214,7 +212,7 @@ def _areas_vs_k(build_dir: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
             if k.ndim != 1:  # video: areas per frame do not line up with one K
                 continue
             h, w = rles[0]["size"]
-            areas.append(mask_utils.area(rles) / (h * w))
+            areas.append(ops.runs_area(*ops.rle_to_runs(rles)) / (h * w))
             ks.append(k)
             seen += 1
             if seen >= limit:
