@@ -6,10 +6,10 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
 from sa2va_shards import ops
+from sa2va_shards.manifest import read_manifest
 from sa2va_shards.schema import decode_npy, decode_sample_json
 
 __all__ = ["load_sample", "render_overlay", "render_stats"]
@@ -23,7 +23,7 @@ _COLORS = np.array([
 def load_sample(build_dir: str | Path, key: str | None = None) -> dict[str, bytes]:
     """Raw members of sample `key` (default: the first sample with the most objects)."""
     build_dir = Path(build_dir)
-    rows = pq.read_table(build_dir / "samples.parquet").to_pylist()
+    rows = read_manifest(build_dir, "samples.parquet").to_pylist()
     if not rows:
         raise ValueError(f"{build_dir}: the build has no samples")
     if key is None:
@@ -232,7 +232,7 @@ def render_stats(build_dirs: list[str | Path], out: str | Path, *, limit: int = 
     (ax_k, ax_zero), (ax_obj, ax_area) = axes
     names, zero_rates = [], []
     for i, d in enumerate(map(Path, build_dirs)):
-        rows = pq.read_table(d / "samples.parquet", columns=["k", "n_obj"]).to_pylist()
+        rows = read_manifest(d, "samples.parquet", columns=["k", "n_obj"]).to_pylist()
         ks = np.array([k for r in rows for k in r["k"]], dtype=np.int64)
         name = f"{d.parent.name}/{d.name}"
         color = _COLORS[i % len(_COLORS)] / 255
