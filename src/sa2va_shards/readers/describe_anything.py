@@ -127,6 +127,8 @@ def _tar_items(split: str, tar: Path, rel: str) -> list[ItemRef]:
     except (tarfile.TarError, OSError) as e:
         return [bad_item(rel, Reason.CORRUPT_ARCHIVE, f"{rel}: cannot read tar headers: "
                                                       f"{type(e).__name__}: {e}")]
+    if not members and damaged:
+        return [bad_item(rel, Reason.CORRUPT_ARCHIVE, f"{rel}: no valid tar header (not a tar)")]
     items = [bad_item(f"{rel}@{start}", Reason.CORRUPT_ARCHIVE,
                       f"{rel}: bytes {start}..{end} are not valid tar headers (a damaged "
                       "member: the records around it are kept)") for start, end in damaged]
