@@ -47,20 +47,23 @@ def _members(tar_path: Path) -> dict[str, dict[str, bytes]]:
 
 
 def _check_row(key: str, members: dict[str, bytes], row: dict) -> list[str]:
-    """samples.parquet's row against the sample itself: content hash, and (what `diff` and
-    `stats` read from the table) object count, K and frames."""
+    """samples.parquet's row against the sample itself: content hash, and what `diff`,
+    `stats` and users read from the table (source id, size, object count, K, frames)."""
     if content_hash(members) != row["sha256"]:
         return [f"{key}: samples.parquet sha256 differs from the sample's members"]
     try:
         k = decode_npy(members["k.npy"])
+        meta = decode_sample_json(members["json"])
+        ids = (meta["source_id"], meta["height"], meta["width"])
     except Exception as e:  # noqa: BLE001 - reported by _check_sample too
-        return [f"{key}: k.npy does not decode: {type(e).__name__}"]
+        return [f"{key}: k.npy or json does not decode: {type(e).__name__}"]
     k_obj = k.max(axis=0) if k.ndim == 2 else k
-    table = (row["n_obj"], list(row["k"]), row["k_zero"], row["frames"])
-    real = (int(k_obj.size), [int(v) for v in k_obj], int((k_obj == 0).sum()),
+    table = (row["source_id"], row["height"], row["width"], row["n_obj"], list(row["k"]),
+             row["k_zero"], row["frames"])
+    real = (*ids, int(k_obj.size), [int(v) for v in k_obj], int((k_obj == 0).sum()),
             int(k.shape[0]) if k.ndim == 2 else 1)
-    return [] if table == real else [f"{key}: samples.parquet n_obj/k/k_zero/frames {table} "
-                                     f"!= the sample's {real}"]
+    return [] if table == real else [f"{key}: samples.parquet row (source_id, height, width, "
+                                     f"n_obj, k, k_zero, frames) {table} != the sample's {real}"]
 
 
 def _check_sample(key: str, members: dict[str, bytes], grid: int, size: int) -> list[str]:
