@@ -280,3 +280,18 @@ def test_a_wrong_typed_expression_entry_rejects_only_its_video(sav, tmp_path, en
     bad = _bad(items)
     assert list(bad) == ["sav_000001"] and bad["sav_000001"]["reason"] == "bad_annotation"
     assert any(i.source_id == "sav_000002" and BAD_ITEM not in i.data for i in items)
+
+
+def test_refcoco_records_with_repeated_keys_reject_their_image(synth, tmp_path):
+    root = tmp_path / "raw"
+    shutil.copytree(synth("refcoco", n_items=6, seed=5), root)
+    text = (root / "instances.json").read_text()
+    # the first annotation repeats its category: json keeps the last, silently
+    (root / "instances.json").write_text(
+        text.replace('"category_id":', '"category_id": 1, "category_id":', 1))
+    doc = json.loads(text)
+    image_id = doc["annotations"][0]["image_id"]
+    items = RefCocoReader(root=str(root)).list_items()
+    bad = _bad(items)
+    assert "repeat keys ['category_id']" in bad[f"{image_id:012d}"]["detail"]
+    assert len(items) - len(bad) > 0

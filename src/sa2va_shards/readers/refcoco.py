@@ -36,7 +36,7 @@ from sa2va_shards.readers.coco import (
     source_id_of,
 )
 from sa2va_shards.records import ItemRef, RawSample, bad_item
-from sa2va_shards.safe_io import open_regular
+from sa2va_shards.safe_io import duplicate_keys, open_regular
 
 __all__ = ["REFCOCO_FAULTS", "RefCocoReader"]
 
@@ -104,7 +104,7 @@ class RefCocoReader:
         image or annotation record of the wrong shape rejects the image it belongs to (or,
         when it names no usable image, is a reject of its own)."""
         refs = self._split_refs(self._load_refs())
-        coco, _ = load_instances(Path(self.root) / self.instances)
+        coco, dups = load_instances(Path(self.root) / self.instances)
         anns = {a["id"]: a for a in coco.get("annotations", [])
                 if isinstance(a, dict) and is_id(a.get("id"))}
         cats = category_names(coco.get("categories", []))
@@ -115,6 +115,9 @@ class RefCocoReader:
             sid, img = source_id_of(image_id), images.get(image_id)
             if img is None:
                 problems[image_id].append(f"image id {image_id!r} is not in {self.instances}")
+            elif dups and (repeated := duplicate_keys([img, *(anns.get(a) for a in objs)])):
+                problems[image_id].append(f"its image or annotation records repeat keys "
+                                          f"{list(repeated)}")
             if problems.get(image_id):
                 items.append(bad_item(sid, Reason.BAD_ANNOTATION,
                                       "; ".join(problems[image_id][:3])))
