@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import platform
 import shutil
@@ -13,6 +15,7 @@ from pathlib import Path
 from pipeline.runners import run_ray, run_serial
 from sa2va_shards import __version__
 from sa2va_shards.config import BuildConfig
+from sa2va_shards.errors import ConfigError
 from sa2va_shards.manifest import (
     CARD,
     PROGRESS_DIR,
@@ -50,6 +53,46 @@ class BuildResult:
     timings: dict = field(default_factory=dict)
 
 
+#: present from just before dataset.json is written until `latest` has moved: a rerun that
+#: finds it next to a card finishes the commit instead of saying "nothing to do".
+COMMITTING = ".committing"
+
+
+@contextlib.contextmanager
+def _build_lock(build_dir: Path):
+    """An exclusive, non-blocking lock on the version folder, released by the kernel when the
+    process dies (no stale locks). Needs a file system with working flock (local disks, most
+    NFSv4 setups)."""
+    build_dir.parent.mkdir(parents=True, exist_ok=True)
+    # next to the version folder, so a published version holds no lock file
+    with open(build_dir.parent / f".{build_dir.name}.lock", "a+") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"{build_dir}: another build of this version is running "
+                              "(its lock is held); wait for it, then rerun") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
+def _finish_commit(build_dir: Path, version: str) -> None:
+    """The last steps of a commit, safe to repeat: move `latest`, drop the sidecars."""
+    set_latest(build_dir.parent, version)
+    shutil.rmtree(build_dir / PROGRESS_DIR, ignore_errors=True)
+    (build_dir / COMMITTING).unlink(missing_ok=True)
+
+
+def _check_out(out: str) -> None:
+    path = Path(out)
+    if path.exists() and not path.is_dir():
+        raise ConfigError(f"out: {out} exists and is not a folder")
+    for parent in path.parents:
+        if parent.exists() and not parent.is_dir():
+            raise ConfigError(f"out: {parent} (in {out}) is not a folder")
+
+
 def _clean_partial(build_dir: Path) -> None:
     for tmp in (build_dir / "shards").glob("*.tmp"):
         tmp.unlink()
@@ -74,11 +117,28 @@ def run_build(cfg: BuildConfig, *, address: str | None = None, num_cpus: int | N
         cpus_per_task: Ray CPUs per shard task (fewer: more concurrent tasks).
     """
     t0 = time.perf_counter()
+    _check_out(cfg.out)
     items = get_reader(cfg.reader).list_items()
     fingerprint = input_fingerprint(items)
     version = version_id(cfg, fingerprint)
     build_dir = Path(cfg.out) / cfg.dataset / version
+    try:
+        with _build_lock(build_dir):
+            return _build_locked(cfg, items, fingerprint, version, build_dir, t0,
+                                 runner=runner, resume=resume, progress=progress,
+                                 opts=({"address": address, "num_cpus": num_cpus,
+                                        "cpus_per_task": cpus_per_task}
+                                       if runner == "ray" else {}))
+    except (FileExistsError, NotADirectoryError, PermissionError) as e:
+        raise ConfigError(f"out: cannot write {build_dir}: {type(e).__name__}: {e}") from e
+
+
+def _build_locked(cfg: BuildConfig, items: list, fingerprint: str, version: str,
+                  build_dir: Path, t0: float, *, runner: str, resume: bool, progress: bool,
+                  opts: dict) -> BuildResult:
     if (build_dir / CARD).exists():
+        if (build_dir / COMMITTING).exists():  # crashed after the card, before `latest`
+            _finish_commit(build_dir, version)
         return BuildResult(build_dir=build_dir, version=version, reused=True,
                            counts=read_card(build_dir)["counts"])
     t_index = time.perf_counter() - t0
@@ -90,24 +150,22 @@ def run_build(cfg: BuildConfig, *, address: str | None = None, num_cpus: int | N
     done = {p.name: r for p in plans if resume and (r := load_progress(build_dir, p.name))}
     todo = [p for p in plans if p.name not in done]
     run = run_ray if runner == "ray" else run_serial
-    opts = ({"address": address, "num_cpus": num_cpus, "cpus_per_task": cpus_per_task}
-            if runner == "ray" else {})
     results: list[ShardResult] = list(done.values())
     results += run(process_shard, todo, progress=progress, cfg=cfg, build_dir=str(build_dir),
                    **opts)
     t_shards = time.perf_counter() - t0 - t_index
     counts = count_summary(results, plan_rejects)
     _check_counts(counts)
-    write_tables(build_dir, results, plan_rejects)
+    manifests = write_tables(build_dir, results, plan_rejects)
     timings = {"index_s": round(t_index, 3), "shards_s": round(t_shards, 3),
                "total_s": round(time.perf_counter() - t0, 3),
                "samples_per_s": round(counts["read"] / max(t_shards, 1e-9), 2),
                "max_worker_rss_mb": round(max((r.max_rss_mb for r in results), default=0), 1)}
     parent = read_latest(build_dir.parent)
-    write_card(build_dir, _card(cfg, version, fingerprint, counts, timings, runner, len(done),
-                                parent))
-    set_latest(build_dir.parent, version)  # only now: the build is complete
-    shutil.rmtree(build_dir / PROGRESS_DIR, ignore_errors=True)
+    card = _card(cfg, version, fingerprint, counts, timings, runner, len(done), parent)
+    (build_dir / COMMITTING).touch()
+    write_card(build_dir, {**card, "manifests": manifests})
+    _finish_commit(build_dir, version)  # only now: the build is complete
     return BuildResult(build_dir=build_dir, version=version, counts=counts,
                        resumed_shards=len(done), timings=timings)
 

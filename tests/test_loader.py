@@ -32,6 +32,7 @@ from sa2va_shards.loader import (
 )
 from sa2va_shards.schema import decode_npy, encode_npy
 from tests.helpers import make_config
+from tests.helpers.shards import resign_shard
 
 pytestmark = pytest.mark.filterwarnings("ignore:This DataLoader will create:UserWarning")
 
@@ -312,7 +313,8 @@ def _copy_build(build: Path, dst: Path) -> Path:
 
 
 def _rewrite(tar_path: Path, edit) -> None:
-    """Rewrite a shard with `edit(name, data) -> data | None` (None drops a member)."""
+    """Rewrite a shard with `edit(name, data) -> data | None` (None drops a member), and
+    record its new hash so the decoder, not the shard-hash check, meets the edits."""
     with tarfile.open(tar_path) as tar:
         members = [(m.name, tar.extractfile(m).read()) for m in tar]
     with tarfile.open(tar_path, "w") as tar:
@@ -321,6 +323,7 @@ def _rewrite(tar_path: Path, edit) -> None:
                 info = tarfile.TarInfo(new_name)
                 info.size = len(new_data)
                 tar.addfile(info, io.BytesIO(new_data))
+    resign_shard(tar_path)
 
 
 def test_truncated_shard_is_skipped_counted_and_warned(build, all_keys, tmp_path):

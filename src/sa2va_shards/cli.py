@@ -83,6 +83,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
     report = verify_build(args.dir, deep=not args.shallow, progress=True)
     for p in report.problems:
         print(p)
+    for n in report.notes:
+        print(f"note: {n}")
     status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
     print(f"{report.build_dir}: {report.shards} shards, {report.samples} samples: {status}")
     return 0 if report.ok else 1

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args, get_type_hints
@@ -16,6 +17,7 @@ from typing import Any, Literal, get_args, get_type_hints
 import yaml
 
 from sa2va_shards.errors import ConfigError
+from sa2va_shards.safe_io import open_regular
 
 __all__ = [
     "BuildConfig",
@@ -171,7 +173,23 @@ def _build(cls: type, data: Any, path: str) -> Any:
         raise ConfigError(f"{path.rstrip('.') or 'config'}: {e}") from e
 
 
+def _check_positive(cfg: BuildConfig) -> None:
+    # before anything derives from them: patch_size 0 would be a ZeroDivisionError
+    for name, value in (("vision.image_size", cfg.vision.image_size),
+                        ("vision.patch_size", cfg.vision.patch_size),
+                        ("image.size", cfg.image.size), ("image.max_pixels", cfg.image.max_pixels),
+                        ("shards.max_consecutive_failures", cfg.shards.max_consecutive_failures),
+                        ("shards.max_consecutive_unexpected",
+                         cfg.shards.max_consecutive_unexpected)):
+        if value < 1:
+            raise ConfigError(f"{name}: {value} must be >= 1")
+    ratio = cfg.vision.downsample_ratio
+    if not (math.isfinite(ratio) and ratio > 0):
+        raise ConfigError(f"vision.downsample_ratio: {ratio} must be a positive number")
+
+
 def _validate(cfg: BuildConfig) -> None:
+    _check_positive(cfg)
     if cfg.vision.grid < 1:
         raise ConfigError(f"vision: grid {cfg.vision.grid} < 1 from {cfg.vision}")
     if not 1 <= cfg.image.jpeg_quality <= 100:
@@ -202,7 +220,8 @@ def load_config(path: str | Path) -> BuildConfig:
     """Load a YAML build config strictly (see `parse_config`)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as e:
+        with open_regular(path) as f:  # a FIFO would block the CLI forever
+            data = yaml.safe_load(f.read().decode("utf-8"))
+    except (OSError, ValueError, yaml.YAMLError) as e:  # ValueError: not UTF-8
         raise ConfigError(f"{path}: cannot read config: {e}") from e
     return parse_config(data or {}, base_dir=path.parent)

@@ -28,6 +28,14 @@ class Reason(str, Enum):
     CORRUPT_VIDEO = "corrupt_video"
     MISSING_VIDEO = "missing_video"
     ROTATED_VIDEO = "rotated_video"
+    #: a path from the data (file_name, a symlink) that would leave the dataset's folder.
+    UNSAFE_PATH = "unsafe_path"
+    #: a FIFO, device or folder where a file should be (opening it could hang).
+    NOT_A_FILE = "not_a_file"
+    #: a tar that cannot be read, or whose damaged headers hide members.
+    CORRUPT_ARCHIVE = "corrupt_archive"
+    #: an annotation over its budget (a pickle that expands, a masklet too large).
+    ANNOTATION_TOO_LARGE = "annotation_too_large"
     UNEXPECTED = "unexpected_error"
 
 

@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sa2va_shards.config import BuildConfig
+from sa2va_shards.errors import ConfigError
 from sa2va_shards.records import (
     ItemRef,
     RejectRecord,
@@ -27,6 +28,7 @@ from sa2va_shards.records import (
     ShardRecord,
     ShardResult,
 )
+from sa2va_shards.safe_io import is_regular, open_regular
 from sa2va_shards.schema import SCHEMA_VERSION
 
 __all__ = [
@@ -39,6 +41,7 @@ __all__ = [
     "input_fingerprint",
     "load_progress",
     "read_card",
+    "read_manifest",
     "save_progress",
     "version_id",
     "write_card",
@@ -65,9 +68,9 @@ REJECT_SCHEMA = pa.schema([
 
 
 def file_sha256(path: Path) -> str:
-    """sha256 of a file, read in 1 MiB chunks."""
+    """sha256 of a regular file, read in 1 MiB chunks (a FIFO raises instead of blocking)."""
     sha = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open_regular(path) as f:
         while chunk := f.read(1 << 20):
             sha.update(chunk)
     return sha.hexdigest()
@@ -111,7 +114,7 @@ def save_progress(build_dir: Path, result: ShardResult) -> None:
 def load_progress(build_dir: Path, shard_file: str) -> ShardResult | None:
     """The saved result of a shard whose tar still matches its recorded sha256, else None."""
     side, tar = build_dir / PROGRESS_DIR / f"{shard_file}.json", build_dir / "shards" / shard_file
-    if not side.exists() or not tar.exists():
+    if not is_regular(side) or not is_regular(tar):  # a FIFO would hang the resume
         return None
     try:
         d = json.loads(side.read_text())
@@ -126,14 +129,26 @@ def load_progress(build_dir: Path, shard_file: str) -> ShardResult | None:
     return result
 
 
+def _utf8(value: Any) -> Any:
+    # reject details quote raw text (file names, ids), which may hold lone surrogates that
+    # parquet cannot store: they are escaped, so one odd string never fails the whole table
+    if isinstance(value, str):
+        return value.encode("utf-8", "backslashreplace").decode("utf-8")
+    return value
+
+
 def _table(records: Sequence[Any], schema: pa.Schema) -> pa.Table:
-    rows = [dataclasses.asdict(r) for r in records]
+    rows = [{k: _utf8(v) for k, v in dataclasses.asdict(r).items()} for r in records]
     return pa.Table.from_pylist(rows, schema=schema)
 
 
 def write_tables(build_dir: Path, results: Sequence[ShardResult],
-                 plan_rejects: Sequence[RejectRecord]) -> None:
-    """Write samples/shards/rejects.parquet from results in shard order (deterministic)."""
+                 plan_rejects: Sequence[RejectRecord]) -> dict[str, str]:
+    """Write samples/shards/rejects.parquet from results in shard order (deterministic).
+
+    Returns:
+        file name -> sha256, recorded in the card so `verify` covers the tables too.
+    """
     ordered = sorted(results, key=lambda r: r.shard.file)
     tables = {
         "samples.parquet": _table([s for r in ordered for s in r.samples], SAMPLE_SCHEMA),
@@ -141,10 +156,13 @@ def write_tables(build_dir: Path, results: Sequence[ShardResult],
         "rejects.parquet": _table([*plan_rejects, *(x for r in ordered for x in r.rejects)],
                                   REJECT_SCHEMA),
     }
+    hashes = {}
     for name, table in tables.items():
         tmp = build_dir / f"{name}.tmp"
         pq.write_table(table, tmp)
+        hashes[name] = file_sha256(tmp)
         os.replace(tmp, build_dir / name)
+    return hashes
 
 
 def count_summary(results: Sequence[ShardResult], plan_rejects: Sequence[RejectRecord]) -> dict:
@@ -174,5 +192,35 @@ def write_card(build_dir: Path, card: dict[str, Any]) -> None:
 
 
 def read_card(build_dir: Path) -> dict[str, Any]:
-    """Read a build's dataset.json."""
-    return json.loads((Path(build_dir) / CARD).read_text())
+    """Read a build's dataset.json.
+
+    Raises:
+        ConfigError: missing, not a regular file, or not a JSON object (one clean line for
+            the CLI instead of a traceback).
+    """
+    path = Path(build_dir) / CARD
+    try:
+        with open_regular(path) as f:
+            card = json.loads(f.read().decode("utf-8"))
+    except FileNotFoundError as e:
+        raise ConfigError(f"{path}: not found (not a build folder, or an incomplete build)") from e
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable card: {type(e).__name__}: {e}") from e
+    if not isinstance(card, dict) or not isinstance(card.get("counts"), dict):
+        raise ConfigError(f"{path}: not a dataset card (no counts)")
+    return card
+
+
+def read_manifest(build_dir: Path, name: str, columns: list[str] | None = None) -> pa.Table:
+    """Read one of the parquet manifests.
+
+    Raises:
+        ConfigError: missing, not a regular file or not parquet.
+    """
+    path = Path(build_dir) / name
+    if not is_regular(path):
+        raise ConfigError(f"{path}: missing or not a regular file")
+    try:
+        return pq.read_table(path, columns=columns)
+    except (OSError, ValueError, pa.ArrowException) as e:
+        raise ConfigError(f"{path}: unreadable manifest: {type(e).__name__}: {e}") from e

@@ -8,7 +8,10 @@ from typing import Any
 
 import numpy as np
 
+from sa2va_shards.errors import Reason
+
 __all__ = [
+    "BAD_ITEM",
     "ItemRef",
     "RawClip",
     "RawSample",
@@ -17,7 +20,11 @@ __all__ = [
     "ShardPlan",
     "ShardRecord",
     "ShardResult",
+    "bad_item",
 ]
+
+#: `ItemRef.data` key of an input the index already found unusable (see `bad_item`).
+BAD_ITEM = "_bad_item"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -29,6 +36,13 @@ class ItemRef:
     source_id: str
     #: JSON-serialisable, reader-specific payload.
     data: dict[str, Any] = field(default_factory=dict)
+
+
+def bad_item(source_id: str, reason: Reason, detail: str) -> ItemRef:
+    """An input whose index record is unusable (a null image, an id of the wrong type, ...):
+    it is still an input, so the plan turns it into a reject row instead of dropping it."""
+    return ItemRef(source_id=source_id, data={BAD_ITEM: {"reason": reason.value,
+                                                         "detail": detail}})
 
 
 @dataclass(frozen=True, kw_only=True)

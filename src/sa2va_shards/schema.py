@@ -6,6 +6,7 @@ The schema table (members, shapes, meaning) is in README.md.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import re
@@ -17,6 +18,7 @@ import numpy as np
 __all__ = [
     "SCHEMA_VERSION",
     "ProcessedSample",
+    "content_hash",
     "decode_npy",
     "decode_sample_json",
     "encode_npy",
@@ -55,6 +57,15 @@ class ProcessedSample:
     k: np.ndarray
     #: the metadata JSON; `kind` is "image" or "video".
     meta: dict[str, Any]
+
+
+def content_hash(members: dict[str, bytes]) -> str:
+    """A sample's content hash (samples.parquet `sha256`): over its member names and each
+    member's sha256, so it does not depend on tar layout."""
+    sha = hashlib.sha256()
+    for name in sorted(members):
+        sha.update(name.encode() + b"\0" + hashlib.sha256(members[name]).digest())
+    return sha.hexdigest()
 
 
 def encode_npy(a: np.ndarray) -> bytes:

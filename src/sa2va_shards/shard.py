@@ -7,7 +7,6 @@ abort the shard: that is broken code, not bad data); system exceptions always pr
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import resource
 import time
@@ -20,7 +19,7 @@ from sa2va_shards.errors import SYSTEM_EXCEPTIONS, BuildAborted, Level, Reason, 
 from sa2va_shards.manifest import save_progress
 from sa2va_shards.readers import get_reader
 from sa2va_shards.records import ItemRef, RejectRecord, SampleRecord, ShardPlan, ShardResult
-from sa2va_shards.schema import encode_sample
+from sa2va_shards.schema import content_hash, encode_sample
 from sa2va_shards.transform import DroppedObject, transform_sample
 from sa2va_shards.writer import ShardWriter
 
@@ -46,15 +45,12 @@ def _object_rejects(item: ItemRef, shard: str, dropped: list[DroppedObject]) -> 
 
 
 def _sample_record(shard: str, item: ItemRef, sample, members: dict[str, bytes]) -> SampleRecord:
-    sha = hashlib.sha256()
-    for name in sorted(members):  # content hash of the sample, for diff
-        sha.update(name.encode() + b"\0" + hashlib.sha256(members[name]).digest())
     k_all = np.asarray(sample.k)
     # video: an object's K is its best frame (it is absent, K = 0, from some frames)
     k = [int(v) for v in (k_all.max(axis=0) if k_all.ndim == 2 else k_all)]
     return SampleRecord(key=sample.key, shard=shard, source_id=item.source_id, n_obj=len(k), k=k,
                         k_zero=sum(v == 0 for v in k), height=sample.meta["height"],
-                        width=sample.meta["width"], sha256=sha.hexdigest(),
+                        width=sample.meta["width"], sha256=content_hash(members),
                         frames=k_all.shape[0] if k_all.ndim == 2 else 1)
 
 
@@ -81,7 +77,7 @@ def process_shard(plan: ShardPlan, cfg: BuildConfig, *, build_dir: str) -> Shard
             `shards.max_consecutive_unexpected` non-data errors in a row.
     """
     start = time.perf_counter()
-    reader = get_reader(cfg.reader)
+    reader = get_reader(cfg.reader, max_pixels=cfg.image.max_pixels)
     samples, rejects = [], []
     failed_run = unexpected_run = 0  # consecutive failures: any reason / unexpected errors
     with ShardWriter(Path(build_dir) / "shards" / plan.name) as writer:

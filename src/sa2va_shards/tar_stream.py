@@ -7,18 +7,19 @@ Samples come out raw (member suffix -> bytes): nothing is decoded here.
 
 from __future__ import annotations
 
-import json
+import hashlib
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import braceexpand
 import numpy as np
-import pyarrow.parquet as pq
-from webdataset import tariterators
+from webdataset import gopen, tariterators
 
 from sa2va_shards.errors import SYSTEM_EXCEPTIONS, ConfigError
-from sa2va_shards.manifest import CARD
+from sa2va_shards.manifest import CARD, read_card, read_manifest
+from sa2va_shards.safe_io import NotRegularFileError, open_regular
+from sa2va_shards.schema import content_hash
 from sa2va_shards.versions import read_latest
 
 __all__ = [
@@ -48,11 +49,15 @@ def _find_card(path: Path) -> Path | None:
 
 
 def read_build(build: Path) -> tuple[dict[str, Any], dict[str, int]]:
-    """A build's dataset.json and its samples per shard file (from shards.parquet, if any)."""
-    card = json.loads((build / CARD).read_text())
+    """A build's dataset.json and its samples per shard file (from shards.parquet, if any).
+
+    Raises:
+        ConfigError: a card or table that cannot be read (one clean line, no traceback).
+    """
+    card = read_card(build)
     counts: dict[str, int] = {}
     if (build / "shards.parquet").is_file():
-        rows = pq.read_table(build / "shards.parquet").to_pylist()
+        rows = read_manifest(build, "shards.parquet").to_pylist()
         counts = {r["file"]: int(r["samples"]) for r in rows}
     return card, counts
 
@@ -72,7 +77,7 @@ def resolve_source(source: str | Path | Sequence[str | Path]) -> tuple[list[str]
         if latest and not (root / CARD).is_file():
             root = root / latest
         if (root / CARD).is_file() and (root / "shards.parquet").is_file():
-            files = pq.read_table(root / "shards.parquet").column("file").to_pylist()
+            files = read_manifest(root, "shards.parquet", ["file"]).column("file").to_pylist()
             return [str(root / "shards" / f) for f in files], root
         urls = sorted(str(p) for p in root.glob("*.tar"))
         if not urls:
@@ -106,51 +111,186 @@ def shuffled(items: Iterator[dict], size: int, rng: np.random.Generator) -> Iter
         yield buf[int(j)]
 
 
-class TarStream:
-    """Raw grouped samples of `urls`, in order.
+class _HashingReader:
+    """A read-only stream that hashes and counts every byte read through it."""
 
-    A shard-level error (unreadable or truncated tar, duplicate member, sample count off the
-    manifest) skips the rest of that shard and is reported once, and only if this stream
-    `owns` the shard (with sample-level striding several workers read the same shard).
+    def __init__(self, f: Any) -> None:
+        self.f, self.sha, self.size = f, hashlib.sha256(), 0
+
+    def read(self, n: int = -1) -> bytes:
+        b = self.f.read(n)
+        self.sha.update(b)
+        self.size += len(b)
+        return b
+
+    def drain(self) -> None:
+        """Read to the end (bytes after the tar's end blocks count too: an appended tail)."""
+        while self.read(1 << 20):
+            pass
+
+    def close(self) -> None:
+        self.f.close()
+
+
+class _Manifest:
+    """What a build's tables say a shard holds: sha256 and size per shard file, content hash
+    per sample key. Read lazily, once per stream, only for the stream's own shards."""
+
+    def __init__(self, build: Path, files: set[str]) -> None:
+        shards = read_manifest(build, "shards.parquet").to_pylist()
+        self.shards = {r["file"]: r for r in shards if r["file"] in files}
+        table = read_manifest(build, "samples.parquet", ["key", "shard", "sha256"])
+        self.samples: dict[str, dict[str, str]] = {}
+        for key, shard, sha in zip(*(table[c].to_pylist() for c in ("key", "shard", "sha256")),
+                                   strict=True):
+            if shard in files:
+                self.samples.setdefault(shard, {})[key] = sha
+
+
+class TarStream:
+    """Raw grouped samples of `urls`, in order, checked against the build's manifests.
+
+    A shard-level error (unreadable or truncated tar, duplicate member, not a regular file,
+    sample count or sha256 off the manifest) skips the rest of that shard and is reported
+    once, and only if this stream `owns` the shard (with sample-level striding several workers
+    read the same shard).
+
+    With `verify` (the default) and a build's manifests next to the shards:
+    - the whole shard is hashed while it streams (no second read) and its sha256 and size are
+      checked against shards.parquet at its end (`shard_mismatch`, counted; raised if strict);
+    - a sample whose key is not in samples.parquet for this shard, or repeats, or comes after
+      the manifest's count, is refused before it is served (`sample_mismatch`): an appended
+      sample is never served;
+    - with `verify_samples`, each sample's content hash is also checked against samples.parquet
+      before it is yielded, so a changed sample is refused instead of being counted at the end
+      of its shard (every member is then read, to hash it).
 
     Args:
         urls: shard paths/URLs (anything webdataset's gopen opens).
         owned: the shards whose errors this stream reports.
-        wanted: member suffix -> whether to read it (others are skipped unread).
+        wanted: member suffix -> whether to keep it (with `verify` every member is read, to
+            hash it, and the unwanted are then dropped).
         expected: shard file name -> samples the manifest recorded.
         strict: raise `CorruptDataError` instead of skipping.
-        report: called with (reason, detail) for each skipped shard this stream owns.
+        report: called with (reason, detail) for each skipped shard or sample this stream owns.
+        verify: check against the manifests (local shards of a build).
+        verify_samples: also refuse samples whose content hash differs.
     """
 
     def __init__(self, urls: list[str], *, owned: set[str], wanted: Callable[[str], bool],
                  expected: dict[str, int], strict: bool,
-                 report: Callable[[str, str], None]) -> None:
+                 report: Callable[[str, str], None], verify: bool = True,
+                 verify_samples: bool = False) -> None:
         self.urls, self.owned, self.wanted, self.expected = urls, owned, wanted, expected
         self.strict, self.report = strict, report
+        self.verify, self.verify_samples = verify, verify and verify_samples
         self.url, self.bad = "", set()
+        self._manifests: dict[Path, _Manifest | None] = {}
 
     def _select(self, fname: str) -> bool:
         suffix = tariterators.base_plus_ext(fname)[1]
         return suffix is not None and self.wanted(suffix.lower())
 
+    def _manifest(self, url: str) -> _Manifest | None:
+        build = Path(url).parent.parent  # <build>/shards/<file>
+        if not self.verify or not (build / CARD).is_file():
+            return None
+        if build not in self._manifests:
+            files = {Path(u).name for u in self.urls if Path(u).parent.parent == build}
+            self._manifests[build] = _Manifest(build, files)
+        return self._manifests[build]
+
+    def _open(self, url: str) -> _HashingReader | None:
+        """The shard's byte stream; a local path must be a regular file (a FIFO would block
+        the worker forever)."""
+        try:
+            local = Path(url[7:] if url.startswith("file:") else url)
+            if "://" not in url and not url.startswith("pipe:"):
+                return _HashingReader(open_regular(local))
+            return _HashingReader(gopen.gopen(url))
+        except Exception as e:  # noqa: BLE001 - the handler decides (system errors re-raised)
+            self._handler(e)
+            return None
+
     def __iter__(self) -> Iterator[dict]:
         for url in self.urls:
             self.url, n = url, 0
-            streams = tariterators.url_opener([{"url": url}], handler=self._handler)
-            files = tariterators.tar_file_expander(streams, handler=self._handler,
-                                                   select_files=self._select)
-            for sample in tariterators.group_by_keys(files, handler=self._handler):
-                n += 1
-                yield sample
-            expected = self.expected.get(Path(url).name)
-            if expected is not None and n != expected and url not in self.bad:
-                self._skip("short_shard", f"{url}: {n} samples, the manifest says {expected}")
+            stream = self._open(url)
+            if stream is None:
+                continue
+            manifest = self._manifest(url)
+            try:
+                for sample in self._samples(url, stream, manifest):
+                    n += 1
+                    yield sample
+                self._end_of_shard(url, n, stream, manifest)
+            finally:
+                stream.close()
 
+    def _samples(self, url: str, stream: _HashingReader,
+                 manifest: _Manifest | None) -> Iterator[dict]:
+        source = [{"url": url, "stream": stream}]
+        # hashing a sample needs every member; otherwise unwanted ones are never extracted
+        select = None if self.verify_samples and manifest is not None else self._select
+        files = tariterators.tar_file_expander(source, handler=self._handler,
+                                               select_files=select)
+        known = (manifest.samples.get(Path(url).name, {}) if manifest is not None else None)
+        seen: set[str] = set()
+        for sample in tariterators.group_by_keys(files, handler=self._handler):
+            if known is not None:
+                problem = self._sample_problem(sample, known, seen)
+                if problem:
+                    self._refuse(f"{url} sample {sample.get('__key__')}: {problem}")
+                    continue
+                sample = {k: v for k, v in sample.items()
+                          if k.startswith("__") or self.wanted(k)}
+            yield sample
+
+    def _sample_problem(self, sample: dict, known: dict[str, str],
+                        seen: set[str]) -> str | None:
+        key = sample["__key__"]
+        if key in seen:
+            return "repeated in the shard"
+        seen.add(key)
+        if key not in known:
+            return "not in samples.parquet for this shard (appended?)"
+        members = {k: v for k, v in sample.items() if not k.startswith("__")}
+        if self.verify_samples and content_hash(members) != known[key]:
+            return "content hash differs from samples.parquet (changed bytes)"
+        return None
+
+    def _refuse(self, detail: str) -> None:
+        if self.strict:
+            raise CorruptDataError(f"sample_mismatch: {detail}")
+        if self.url in self.owned:
+            self.report("sample_mismatch", detail + " (sample refused)")
+
+    def _end_of_shard(self, url: str, n: int, stream: _HashingReader,
+                      manifest: _Manifest | None) -> None:
+        if url in self.bad:
+            return
+        expected = self.expected.get(Path(url).name)
+        if expected is not None and n != expected:
+            self._skip("short_shard", f"{url}: {n} samples, the manifest says {expected}")
+            return
+        rec = manifest.shards.get(Path(url).name) if manifest is not None else None
+        if rec is None:
+            return
+        stream.drain()
+        if (stream.sha.hexdigest(), stream.size) != (rec["sha256"], rec["bytes"]):
+            self.bad.add(url)
+            if self.strict:
+                raise CorruptDataError(f"shard_mismatch: {url}: sha256 differs from "
+                                       "shards.parquet")
+            if url in self.owned:
+                self.report("shard_mismatch", f"{url}: sha256 differs from shards.parquet "
+                            "(its samples were each checked; bytes outside them changed)")
     def _handler(self, exn: Exception) -> bool:
         if isinstance(exn, (*SYSTEM_EXCEPTIONS, CorruptDataError)):
             raise exn  # a strict-mode error passes back up through webdataset's own handlers
         if self.url not in self.bad:  # one report per shard: later errors are its aftermath
-            reason = "missing_shard" if isinstance(exn, FileNotFoundError) else "corrupt_shard"
+            reason = ("missing_shard" if isinstance(exn, FileNotFoundError) else
+                      "not_a_file" if isinstance(exn, NotRegularFileError) else "corrupt_shard")
             first = exn.args[0] if exn.args else ""
             self._skip(reason, f"{self.url}: {type(exn).__name__}: {first}", exn)
         return True

@@ -19,7 +19,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from sa2va_shards import ops
 from sa2va_shards.config import BuildConfig
@@ -83,7 +82,7 @@ def _masks(rles: list[dict], n: int, h: int, w: int, grid: int) -> _Masks:
     runs, offsets = ops.rle_to_runs(rles)  # parsed once for both resizes
     t = len(rles) // n
     prompt = ops.pool_runs(runs, offsets, height=h, width=w, grid=grid)
-    return _Masks(rles=rles, n=n, areas=mask_utils.area(rles).reshape(t, n).astype(np.int64),
+    return _Masks(rles=rles, n=n, areas=ops.runs_area(runs, offsets).reshape(t, n),
                   prompt=prompt.reshape(t, n, grid, grid), runs=runs, offsets=offsets)
 
 

@@ -8,14 +8,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from sa2va_shards import ops
-from sa2va_shards.manifest import CARD, file_sha256, read_card
-from sa2va_shards.schema import decode_npy, decode_sample_json
+from sa2va_shards.errors import ConfigError
+from sa2va_shards.manifest import CARD, file_sha256, read_card, read_manifest
+from sa2va_shards.schema import content_hash, decode_npy, decode_sample_json
 
-__all__ = ["VerifyReport", "verify_build"]
+__all__ = ["MANIFESTS", "VerifyReport", "verify_build"]
+
+#: the tables whose sha256 the card records (in this order).
+MANIFESTS = ("samples.parquet", "shards.parquet", "rejects.parquet")
 
 
 @dataclass
@@ -26,6 +29,8 @@ class VerifyReport:
     shards: int = 0
     samples: int = 0
     problems: list[str] = field(default_factory=list)
+    #: what could not be checked (not a failure): e.g. an older card without table hashes.
+    notes: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -39,6 +44,26 @@ def _members(tar_path: Path) -> dict[str, dict[str, bytes]]:
             key, _, suffix = m.name.partition(".")
             samples[key][suffix] = tar.extractfile(m).read()
     return samples
+
+
+def _check_row(key: str, members: dict[str, bytes], row: dict) -> list[str]:
+    """samples.parquet's row against the sample itself: content hash, and what `diff`,
+    `stats` and users read from the table (source id, size, object count, K, frames)."""
+    if content_hash(members) != row["sha256"]:
+        return [f"{key}: samples.parquet sha256 differs from the sample's members"]
+    try:
+        k = decode_npy(members["k.npy"])
+        meta = decode_sample_json(members["json"])
+        ids = (meta["source_id"], meta["height"], meta["width"])
+    except Exception as e:  # noqa: BLE001 - reported by _check_sample too
+        return [f"{key}: k.npy or json does not decode: {type(e).__name__}"]
+    k_obj = k.max(axis=0) if k.ndim == 2 else k
+    table = (row["source_id"], row["height"], row["width"], row["n_obj"], list(row["k"]),
+             row["k_zero"], row["frames"])
+    real = (*ids, int(k_obj.size), [int(v) for v in k_obj], int((k_obj == 0).sum()),
+            int(k.shape[0]) if k.ndim == 2 else 1)
+    return [] if table == real else [f"{key}: samples.parquet row (source_id, height, width, "
+                                     f"n_obj, k, k_zero, frames) {table} != the sample's {real}"]
 
 
 def _check_sample(key: str, members: dict[str, bytes], grid: int, size: int) -> list[str]:
@@ -70,45 +95,87 @@ def _check_sample(key: str, members: dict[str, bytes], grid: int, size: int) -> 
     return problems
 
 
-def verify_build(build_dir: str | Path, *, deep: bool = True,
-                 progress: bool = False) -> VerifyReport:
-    """Re-hash every shard against shards.parquet, check the counts add up and (deep) that every
-    member decodes and prompt masks / K re-derive from the stored 1024 masks."""
-    build_dir = Path(build_dir)
-    report = VerifyReport(build_dir=build_dir)
-    if not (build_dir / CARD).exists():
-        report.problems.append(f"{build_dir}: no {CARD} (incomplete build)")
-        return report
-    card = read_card(build_dir)
-    grid, size = card["preprocessing"]["grid"], card["preprocessing"]["image_size"]
-    shards = pq.read_table(build_dir / "shards.parquet").to_pylist()
-    samples = pq.read_table(build_dir / "samples.parquet").to_pylist()
-    rejects = pq.read_table(build_dir / "rejects.parquet").to_pylist()
-    by_shard = defaultdict(set)
-    for s in samples:
-        by_shard[s["shard"]].add(s["key"])
-    for rec in tqdm(shards, desc="verify", unit="shard", disable=not progress):
-        path = build_dir / "shards" / rec["file"]
-        report.shards += 1
-        if not path.exists():
-            report.problems.append(f"{rec['file']}: missing")
+def _check_manifest_hashes(build_dir: Path, card: dict, report: VerifyReport) -> None:
+    recorded = card.get("manifests")
+    if not isinstance(recorded, dict):
+        report.notes.append(f"{CARD} records no manifest hashes (built before they were "
+                            "recorded): the parquet tables are only cross-checked")
+        return
+    for name in MANIFESTS:
+        try:
+            ok = file_sha256(build_dir / name) == recorded.get(name)
+        except OSError as e:
+            report.problems.append(f"{name}: unreadable: {type(e).__name__}: {e}")
             continue
+        if not ok:
+            report.problems.append(f"{name}: sha256 differs from {CARD} (edited or corrupt)")
+
+
+def _read_tables(build_dir: Path, report: VerifyReport) -> tuple | None:
+    try:
+        return tuple(read_manifest(build_dir, name).to_pylist() for name in MANIFESTS)
+    except ConfigError as e:
+        report.problems.append(str(e))
+        return None
+
+
+def _check_shard(build_dir: Path, rec: dict, rows: dict[str, dict], deep: bool, grid: int,
+                 size: int, report: VerifyReport) -> None:
+    path = build_dir / "shards" / rec["file"]
+    try:
         if file_sha256(path) != rec["sha256"]:
             report.problems.append(f"{rec['file']}: sha256 mismatch (file changed or corrupt)")
-            continue
+            return
         members = _members(path)
-        report.samples += len(members)
-        if set(members) != by_shard[rec["file"]] or len(members) != rec["samples"]:
-            report.problems.append(f"{rec['file']}: samples differ from samples.parquet")
-        if deep:
-            for key, m in members.items():
-                found = _check_sample(key, m, grid, size)
-                report.problems += [f"{rec['file']}: {p}" for p in found]
-    counts = card["counts"]
-    n_rejected = sum(r["level"] == "sample" for r in rejects)
-    if counts["written"] != len(samples) or counts["rejected"] != n_rejected:
-        report.problems.append("dataset.json counts differ from samples/rejects.parquet")
-    if counts["read"] != len(samples) + n_rejected:
-        report.problems.append(f"read {counts['read']} != written {len(samples)} + rejected "
-                               f"{n_rejected}")
+    except (OSError, tarfile.TarError) as e:  # missing, a FIFO, unreadable
+        report.problems.append(f"{rec['file']}: {type(e).__name__}: {e}")
+        return
+    report.samples += len(members)
+    if set(members) != set(rows) or len(members) != rec["samples"]:
+        report.problems.append(f"{rec['file']}: samples differ from samples.parquet")
+    for key, m in members.items():
+        found = _check_row(key, m, rows[key]) if key in rows else []
+        found += _check_sample(key, m, grid, size) if deep else []
+        report.problems += [f"{rec['file']}: {p}" for p in found]
+
+
+def verify_build(build_dir: str | Path, *, deep: bool = True,
+                 progress: bool = False) -> VerifyReport:
+    """Check every file of a build: the three parquet tables against the hashes in the card,
+    every shard against shards.parquet, every sample against its samples.parquet row
+    (content hash, n_obj, K), the counts against the card, and (deep) that every member
+    decodes and prompt masks / K re-derive from the stored 1024 masks. Never raises for a
+    damaged build: everything wrong is a line in `problems`."""
+    build_dir = Path(build_dir)
+    report = VerifyReport(build_dir=build_dir)
+    try:
+        card = read_card(build_dir)
+        grid, size = card["preprocessing"]["grid"], card["preprocessing"]["image_size"]
+    except (ConfigError, KeyError, TypeError) as e:
+        report.problems.append(f"{build_dir}: {CARD}: {e}")
+        return report
+    _check_manifest_hashes(build_dir, card, report)
+    tables = _read_tables(build_dir, report)
+    if tables is None:
+        return report
+    samples, shards, rejects = tables
+    by_shard: dict[str, dict[str, dict]] = defaultdict(dict)
+    for s in samples:
+        by_shard[s["shard"]][s["key"]] = s
+    for rec in tqdm(shards, desc="verify", unit="shard", disable=not progress):
+        report.shards += 1
+        _check_shard(build_dir, rec, by_shard[rec["file"]], deep, grid, size, report)
+    _check_counts(card["counts"], samples, rejects, report)
     return report
+
+
+def _check_counts(counts: dict, samples: list, rejects: list, report: VerifyReport) -> None:
+    n_rejected = sum(r["level"] == "sample" for r in rejects)
+    n_dropped = sum(r["level"] == "object" for r in rejects)
+    if (counts.get("written"), counts.get("rejected"), counts.get("objects_dropped",
+                                                                   n_dropped)) != (
+            len(samples), n_rejected, n_dropped):
+        report.problems.append("dataset.json counts differ from samples/rejects.parquet")
+    if counts.get("read") != len(samples) + n_rejected:
+        report.problems.append(f"read {counts.get('read')} != written {len(samples)} + "
+                               f"rejected {n_rejected}")

@@ -7,13 +7,14 @@ and a `latest` file naming the newest complete one. Diffs compare manifests, nev
 from __future__ import annotations
 
 import os
+import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from sa2va_shards.manifest import CARD, read_card
+from sa2va_shards.errors import ConfigError
+from sa2va_shards.manifest import CARD, read_card, read_manifest
+from sa2va_shards.safe_io import open_regular
 
 __all__ = ["LATEST", "diff_versions", "flatten", "list_versions", "read_latest", "set_latest"]
 
@@ -23,7 +24,8 @@ LATEST = "latest"
 
 def set_latest(dataset_dir: Path, version: str) -> None:
     """Point `latest` at `version` atomically (write a temp file, then rename)."""
-    tmp = dataset_dir / f".{LATEST}.tmp"
+    # a name of its own: builds of two configs of one dataset may commit at the same time
+    tmp = dataset_dir / f".{LATEST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
     tmp.write_text(version + "\n")
     os.replace(tmp, dataset_dir / LATEST)
 
@@ -31,7 +33,13 @@ def set_latest(dataset_dir: Path, version: str) -> None:
 def read_latest(dataset_dir: Path) -> str | None:
     """The version `latest` names, or None before the first complete build."""
     path = Path(dataset_dir) / LATEST
-    return path.read_text().strip() if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        with open_regular(path) as f:  # a FIFO here would hang the build and the loader
+            return f.read(256).decode("utf-8").strip() or None
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"{path}: unreadable `latest` pointer: {e}") from e
 
 
 def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -54,6 +62,8 @@ def list_versions(dataset_dir: str | Path) -> list[dict[str, Any]]:
     """Complete versions, oldest first: version, created, samples, rejects, parent, latest,
     and the config keys changed vs the version before it."""
     dataset_dir = Path(dataset_dir)
+    if not dataset_dir.is_dir():
+        raise ConfigError(f"{dataset_dir}: not a folder of versions (OUT/<dataset>)")
     cards = [read_card(d) for d in sorted(dataset_dir.iterdir()) if (d / CARD).exists()]
     cards.sort(key=lambda c: (c["created"], c["version"]))
     latest = read_latest(dataset_dir)
@@ -71,7 +81,7 @@ def list_versions(dataset_dir: str | Path) -> list[dict[str, Any]]:
 
 
 def _sample_hashes(build_dir: Path) -> dict[str, str]:
-    table = pq.read_table(build_dir / "samples.parquet", columns=["key", "sha256"])
+    table = read_manifest(build_dir, "samples.parquet", columns=["key", "sha256"])
     return dict(zip(table["key"].to_pylist(), table["sha256"].to_pylist(), strict=True))
 
 

@@ -6,10 +6,10 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
-import pyarrow.parquet as pq
 from PIL import Image, ImageDraw, ImageFont
 
 from sa2va_shards import ops
+from sa2va_shards.manifest import read_manifest
 from sa2va_shards.schema import decode_npy, decode_sample_json
 
 __all__ = ["load_sample", "render_overlay", "render_stats"]
@@ -23,7 +23,7 @@ _COLORS = np.array([
 def load_sample(build_dir: str | Path, key: str | None = None) -> dict[str, bytes]:
     """Raw members of sample `key` (default: the first sample with the most objects)."""
     build_dir = Path(build_dir)
-    rows = pq.read_table(build_dir / "samples.parquet").to_pylist()
+    rows = read_manifest(build_dir, "samples.parquet").to_pylist()
     if not rows:
         raise ValueError(f"{build_dir}: the build has no samples")
     if key is None:
@@ -198,8 +198,6 @@ def render_overlay(build_dir: str | Path, out: str | Path, *, key: str | None = 
 
 def _areas_vs_k(build_dir: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
     """(object area as a fraction of its image, K) for up to `limit` samples, from the shards."""
-    from pycocotools import mask as mask_utils
-
     areas, ks, seen = [], [], 0
     for tar_path in sorted((build_dir / "shards").glob("*.tar")):
         with tarfile.open(tar_path) as tar:
@@ -214,7 +212,7 @@ def _areas_vs_k(build_dir: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
             if k.ndim != 1:  # video: areas per frame do not line up with one K
                 continue
             h, w = rles[0]["size"]
-            areas.append(mask_utils.area(rles) / (h * w))
+            areas.append(ops.runs_area(*ops.rle_to_runs(rles)) / (h * w))
             ks.append(k)
             seen += 1
             if seen >= limit:
@@ -234,7 +232,7 @@ def render_stats(build_dirs: list[str | Path], out: str | Path, *, limit: int = 
     (ax_k, ax_zero), (ax_obj, ax_area) = axes
     names, zero_rates = [], []
     for i, d in enumerate(map(Path, build_dirs)):
-        rows = pq.read_table(d / "samples.parquet", columns=["k", "n_obj"]).to_pylist()
+        rows = read_manifest(d, "samples.parquet", columns=["k", "n_obj"]).to_pylist()
         ks = np.array([k for r in rows for k in r["k"]], dtype=np.int64)
         name = f"{d.parent.name}/{d.name}"
         color = _COLORS[i % len(_COLORS)] / 255

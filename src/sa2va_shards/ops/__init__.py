@@ -16,6 +16,7 @@ from sa2va_shards.ops.rle import (
     rle_encode,
     segmentation_to_rle,
     segmentations_to_rles,
+    strict_dim,
 )
 from sa2va_shards.ops.rle_resize import (
     check_runs,
@@ -24,6 +25,7 @@ from sa2va_shards.ops.rle_resize import (
     resize_rles,
     resize_runs,
     rle_to_runs,
+    runs_area,
 )
 
 __all__ = [
@@ -47,7 +49,9 @@ __all__ = [
     "select_masks",
     "rle_encode",
     "rle_to_runs",
+    "runs_area",
     "segmentation_to_rle",
     "segmentations_to_rles",
+    "strict_dim",
     "to_rgb",
 ]

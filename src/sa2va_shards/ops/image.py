@@ -28,17 +28,27 @@ def to_rgb(img: Image.Image) -> np.ndarray:
     Pillow opens 16-bit PNGs that way) and as 8-bit otherwise; float images are clipped.
     """
     if img.mode in _SIXTEEN_BIT or img.mode == "I":
-        a = np.asarray(img).astype(np.int64)
-        if img.mode in _SIXTEEN_BIT or a.max(initial=0) > 255:
-            a = np.clip(a, 0, 65535) >> 8
-        gray = np.clip(a, 0, 255).astype(np.uint8)
-        return np.repeat(gray[:, :, None], 3, axis=2)
+        return np.repeat(_gray8(np.asarray(img), img.mode)[:, :, None], 3, axis=2)
     if img.mode == "F":
         gray = np.clip(np.asarray(img), 0, 255).astype(np.uint8)
         return np.repeat(gray[:, :, None], 3, axis=2)
     if img.mode != "RGB":
         img = img.convert("RGB")
     return np.asarray(img)
+
+
+def _gray8(a: np.ndarray, mode: str) -> np.ndarray:
+    """16- or 32-bit integer grayscale -> uint8, a block of rows at a time: temporaries stay a
+    few MB whatever the image size (a whole-image int64 copy was 8 bytes per pixel)."""
+    sixteen = mode in _SIXTEEN_BIT or a.max(initial=0) > 255
+    out = np.empty(a.shape, np.uint8)
+    rows = max(1, (1 << 20) // max(a.shape[1], 1))
+    for y in range(0, a.shape[0], rows):
+        block = a[y:y + rows]
+        if sixteen:  # the top byte; 'I' values outside 16 bits are clipped first
+            block = np.clip(block, 0, 65535) >> 8 if block.dtype.itemsize > 2 else block >> 8
+        out[y:y + rows] = np.clip(block, 0, 255)
+    return out
 
 
 def decode_image(data: bytes, *, max_pixels: int, name: str = "image") -> np.ndarray:

@@ -15,7 +15,8 @@ from pycocotools import mask as mask_utils
 
 from sa2va_shards.ops.masks import nearest_indices
 
-__all__ = ["check_runs", "pool_rles", "pool_runs", "resize_rles", "resize_runs", "rle_to_runs"]
+__all__ = ["check_runs", "pool_rles", "pool_runs", "resize_rles", "resize_runs", "rle_to_runs",
+           "runs_area"]
 
 
 def rle_to_runs(rles: list[dict]) -> tuple[np.ndarray, np.ndarray]:
@@ -40,6 +41,16 @@ def rle_to_runs(rles: list[dict]) -> tuple[np.ndarray, np.ndarray]:
     # values per mask: a mask's string ends exactly at a value end
     value_offsets = np.concatenate([[0], np.searchsorted(ends, np.cumsum(lengths) - 1) + 1])
     return _undelta(x, value_offsets), value_offsets
+
+
+def runs_area(runs: np.ndarray, offsets: np.ndarray) -> np.ndarray:
+    """Pixels set per mask (int64), from `rle_to_runs` output: the sum of its odd runs.
+    (pycocotools' `area` overflows a uint8 with 256 or more masks in one call.)"""
+    n = len(offsets) - 1
+    idx = np.arange(runs.size) - np.repeat(offsets[:-1], np.diff(offsets))
+    owner = np.repeat(np.arange(n), np.diff(offsets))
+    ones = (idx % 2) == 1
+    return np.bincount(owner[ones], weights=runs[ones], minlength=n).astype(np.int64)
 
 
 def check_runs(rles: list[dict], *, n_pixels: int) -> list[str | None]:

@@ -10,6 +10,7 @@ A reader is a frozen, picklable dataclass (Ray ships it to workers) with:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
@@ -50,11 +51,14 @@ def _reader_class(name: str) -> Any:
     return READERS[name]
 
 
-def get_reader(cfg: ReaderConfig) -> Reader:
-    """Instantiate the reader for `cfg.format` with `cfg.root` and `cfg.options`."""
+def get_reader(cfg: ReaderConfig, *, max_pixels: int | None = None) -> Reader:
+    """Instantiate the reader for `cfg.format` with `cfg.root` and `cfg.options`; readers that
+    decode pixels themselves (video) also get the image pixel budget."""
     cls = _reader_class(cfg.format)
+    budget = ({"max_pixels": max_pixels} if max_pixels is not None
+              and "max_pixels" in {f.name for f in dataclasses.fields(cls)} else {})
     try:
-        return cls(root=cfg.root, **cfg.options)
+        return cls(root=cfg.root, **{**cfg.options, **budget})
     except TypeError as e:
         raise ConfigError(f"reader.options for {cfg.format}: {e}") from e
 

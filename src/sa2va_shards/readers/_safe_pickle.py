@@ -17,7 +17,7 @@ from typing import Any, BinaryIO
 
 from sa2va_shards.errors import Reason, SampleError
 
-__all__ = ["SafeUnpickler", "safe_load", "safe_loads"]
+__all__ = ["SafeUnpickler", "check_expansion", "safe_load", "safe_loads"]
 
 _LATIN1 = frozenset({"latin1", "latin-1", "latin_1", "iso-8859-1", "iso8859-1", "l1"})
 
@@ -105,14 +105,50 @@ class SafeUnpickler(pickle.Unpickler):
         raise SampleError(Reason.UNSAFE_PICKLE, f"{self.name}: persistent id {pid!r}")
 
 
+#: plain data may expand to this many times its pickle's size (+ EXPANSION_FLOOR) when
+#: every shared reference is followed: natural annotation pickles stay under ~4x.
+EXPANSION_FACTOR = 16
+EXPANSION_FLOOR = 1_000_000
+
+
+def check_expansion(obj: Any, *, n_bytes: int, name: str) -> None:
+    """Refuse data that is small as a pickle but huge once copied.
+
+    Pickle memo references let a 2 KB file hold a list whose elements are the same list a
+    thousand times over, nested: cheap to load, gigabytes once anything copies or serialises
+    it (JSON, Ray, the index). So the size of the data with every reference followed (one
+    unit per container or number, one per character or byte of text) is bounded by the
+    pickle's own size, counted without ever expanding it (and a cycle is just over budget).
+
+    Raises:
+        SampleError: `annotation_too_large`.
+    """
+    budget = EXPANSION_FACTOR * n_bytes + EXPANSION_FLOOR
+    stack, cost = [obj], 0
+    while stack:
+        x = stack.pop()
+        cost += 1 + (len(x) if isinstance(x, str | bytes | bytearray) else 0)
+        if cost > budget:
+            raise SampleError(Reason.ANNOTATION_TOO_LARGE,
+                              f"{name}: a {n_bytes}-byte pickle expands past {budget} units "
+                              "(shared or cyclic references)")
+        if isinstance(x, dict):
+            stack.extend(x.keys())
+            stack.extend(x.values())
+        elif isinstance(x, list | tuple | set | frozenset):
+            stack.extend(x)
+
+
 def safe_load(file: BinaryIO, *, name: str) -> Any:
     """Unpickle plain data from `file` (seekable); see `safe_loads`."""
     start = file.tell()
     try:
-        return _load(file, name=name, encoding="utf-8")
+        obj = _load(file, name=name, encoding="utf-8")
     except UnicodeDecodeError:  # a Python 2 byte string that is not UTF-8: keep its bytes 1:1
         file.seek(start)
-        return _load(file, name=name, encoding="latin1")
+        obj = _load(file, name=name, encoding="latin1")
+    check_expansion(obj, n_bytes=file.tell() - start, name=name)
+    return obj
 
 
 def safe_loads(data: bytes, *, name: str) -> Any:
@@ -127,7 +163,8 @@ def safe_loads(data: bytes, *, name: str) -> Any:
 
     Raises:
         SampleError: `unsafe_pickle` when the pickle names any class or function outside the
-            plain-data set; `bad_annotation` when it is not a valid pickle.
+            plain-data set; `bad_annotation` when it is not a valid pickle;
+            `annotation_too_large` when its shared references expand it (`check_expansion`).
     """
     return safe_load(io.BytesIO(data), name=name)
 

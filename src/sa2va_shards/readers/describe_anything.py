@@ -17,12 +17,13 @@ Source id: `<SPLIT>_<id>` (the WebDataset key: the member path up to the first d
 from __future__ import annotations
 
 import io
+import os
 import pickle
 import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, BinaryIO, ClassVar
 
 import numpy as np
 
@@ -30,7 +31,8 @@ from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
 from sa2va_shards.readers import _synth
 from sa2va_shards.readers._safe_pickle import safe_loads
-from sa2va_shards.records import ItemRef, RawSample
+from sa2va_shards.records import ItemRef, RawSample, bad_item
+from sa2va_shards.safe_io import NotRegularFileError, data_path, open_regular
 
 __all__ = ["DAM_FAULTS", "DescribeAnythingReader"]
 
@@ -58,25 +60,81 @@ def _image_rank(ext: str) -> tuple[int, str] | None:
     return None if m is None else (int(m.group(1) or -1), ext)
 
 
-def _index_tar(path: Path, rel: str) -> dict[str, dict]:
-    """key -> {image: member, pickle: member} from the tar headers only."""
+def _add_member(groups: dict[str, dict], m: tarfile.TarInfo) -> None:
+    key, ext = _split_member(m.name)
+    entry = {"name": m.name, "offset": m.offset_data, "size": m.size}
+    g = groups.setdefault(key, {})
+    rank = _image_rank(ext)
+    if rank is not None and (g.get("_rank") is None or rank < g["_rank"]):
+        g.update(image=entry, _rank=rank)
+    elif ext.lower() in _PICKLE_EXTS:
+        g["pickle"] = entry
+
+
+def _damaged(f: BinaryIO, gaps: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The gaps between members that hold anything but zeros (end-of-archive padding is
+    zeros): a header there failed its checksum, so its member was skipped."""
+    bad = []
+    for start, end in gaps:
+        f.seek(start)
+        left = end - start
+        while left > 0:
+            chunk = f.read(min(left, 1 << 20))
+            if not chunk:
+                break
+            if chunk.count(0) != len(chunk):
+                bad.append((start, end))
+                break
+            left -= len(chunk)
+    return bad
+
+
+def _index_tar(path: Path, rel: str) -> tuple[dict[str, dict], list[tuple[int, int]]]:
+    """key -> {image: member, pickle: member} from the tar headers only, and the byte ranges
+    whose headers are damaged.
+
+    tarfile stops at the first header that fails its checksum as if the archive ended there,
+    which would silently drop every later record. `ignore_zeros` makes it step over such a
+    header block by block instead; the bytes it stepped over are checked to be padding, so a
+    damaged member is reported (`corrupt_archive`) and the records after it are kept.
+
+    Raises:
+        OSError, tarfile.TarError: the tar cannot be read at all.
+    """
     groups: dict[str, dict] = {}
+    gaps: list[tuple[int, int]] = []
+    with open_regular(path) as f:
+        size, expected = os.fstat(f.fileno()).st_size, 0
+        with tarfile.open(fileobj=f, mode="r:", ignore_zeros=True) as tar:
+            for m in tar:  # uncompressed only: load seeks by offset
+                if m.offset != expected:
+                    gaps.append((expected, m.offset))
+                expected = m.offset_data + -(-m.size // tarfile.BLOCKSIZE) * tarfile.BLOCKSIZE
+                if m.isfile():
+                    _add_member(groups, m)
+        gaps += [(expected, size)] if expected < size else []
+        damaged = _damaged(f, gaps)
+    return {k: {n: v for n, v in g.items() if n != "_rank"} for k, g in groups.items()}, damaged
+
+
+def _tar_items(split: str, tar: Path, rel: str) -> list[ItemRef]:
+    """The tar's records, plus a `corrupt_archive` reject for the whole tar when it cannot be
+    read and one per damaged byte range (the other tars are built either way)."""
     try:
-        with tarfile.open(path, mode="r:") as tar:  # uncompressed only: load seeks by offset
-            for m in tar:
-                if not m.isfile():
-                    continue
-                key, ext = _split_member(m.name)
-                entry = {"name": m.name, "offset": m.offset_data, "size": m.size}
-                g = groups.setdefault(key, {})
-                rank = _image_rank(ext)
-                if rank is not None and (g.get("_rank") is None or rank < g["_rank"]):
-                    g.update(image=entry, _rank=rank)
-                elif ext.lower() in _PICKLE_EXTS:
-                    g["pickle"] = entry
+        members, damaged = _index_tar(tar, rel)
+    except NotRegularFileError as e:
+        return [bad_item(rel, Reason.NOT_A_FILE, f"{rel}: {str(e).rpartition(': ')[2]}")]
     except (tarfile.TarError, OSError) as e:
-        raise ConfigError(f"{rel}: cannot read tar headers: {e}") from e
-    return {k: {n: v for n, v in g.items() if n != "_rank"} for k, g in groups.items()}
+        return [bad_item(rel, Reason.CORRUPT_ARCHIVE, f"{rel}: cannot read tar headers: "
+                                                      f"{type(e).__name__}: {e}")]
+    if not members and damaged:
+        return [bad_item(rel, Reason.CORRUPT_ARCHIVE, f"{rel}: no valid tar header (not a tar)")]
+    items = [bad_item(f"{rel}@{start}", Reason.CORRUPT_ARCHIVE,
+                      f"{rel}: bytes {start}..{end} are not valid tar headers (a damaged "
+                      "member: the records around it are kept)") for start, end in damaged]
+    return items + [ItemRef(source_id=f"{split}_{key}",
+                            data={"split": split, "tar": rel, "id": key, **entries})
+                    for key, entries in members.items()]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -118,9 +176,12 @@ class DescribeAnythingReader:
         for split in self._split_names():
             for tar in self._tars(split):
                 rel = tar.relative_to(self.root).as_posix()
-                items += [ItemRef(source_id=f"{split}_{key}",
-                                  data={"split": split, "tar": rel, "id": key, **members})
-                          for key, members in _index_tar(tar, rel).items()]
+                try:  # a symlinked tar may only point inside root
+                    data_path(self.root, rel, name="tar")
+                except SampleError as e:
+                    items.append(bad_item(rel, e.reason, e.detail))
+                    continue
+                items += _tar_items(split, tar, rel)
         return sorted(items, key=lambda r: r.source_id)
 
     def _read_member(self, ref: ItemRef, which: str) -> bytes:
@@ -129,7 +190,7 @@ class DescribeAnythingReader:
             reason = Reason.MISSING_IMAGE if which == "image" else Reason.BAD_ANNOTATION
             raise SampleError(reason, f"{tar}: key {ref.data['id']!r} has no {which} member")
         try:
-            with open(Path(self.root) / tar, "rb") as f:
+            with open_regular(Path(self.root) / tar) as f:
                 f.seek(entry["offset"])
                 data = f.read(entry["size"])
         except OSError as e:
@@ -198,7 +259,7 @@ def _regions(obj: Any, where: str) -> list[dict]:
 
 def _rle_size(seg: Any, where: str) -> tuple[int, int]:
     try:
-        h, w = (int(v) for v in seg["size"])
+        h, w = (ops.strict_dim(v) for v in seg["size"])
     except (KeyError, TypeError, ValueError) as e:
         raise SampleError(Reason.BAD_SEGMENTATION, f"{where}: mask_rle has no [H, W] size: "
                                                    f"{type(e).__name__}: {e}",

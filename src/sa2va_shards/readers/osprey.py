@@ -14,8 +14,9 @@ Region i of a sample is "region{i+1}" in its text; objects carry that as `region
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -23,7 +24,8 @@ import numpy as np
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
 from sa2va_shards.readers import _synth
-from sa2va_shards.records import ItemRef, RawSample
+from sa2va_shards.records import ItemRef, RawSample, bad_item
+from sa2va_shards.safe_io import data_path, duplicate_keys, load_json, open_regular, read_data_file
 
 __all__ = ["OSPREY_FAULTS", "OSPREY_FILES", "OspreyReader"]
 
@@ -87,20 +89,21 @@ class OspreyReader:
         object.__setattr__(self, "files", files)
         object.__setattr__(self, "image_dirs", image_dirs)
 
-    def _read_list(self, file: str) -> list:
+    def _read_list(self, file: str) -> tuple[list, bool]:
+        """The file's elements and whether any object in it repeats a key."""
         path = Path(self.root) / self.annotations / file
         try:
-            with open(path, encoding="utf-8") as f:
-                data = json.load(f)
+            with open_regular(path) as f:
+                data, dups = load_json(f)
         except FileNotFoundError as e:
             raise ConfigError(f"{path}: Osprey file not found (check reader.root and "
                               "reader.options.files)") from e
-        except (OSError, json.JSONDecodeError, UnicodeDecodeError) as e:
+        except (OSError, ValueError) as e:  # JSON and Unicode errors are ValueErrors
             raise ConfigError(f"{path}: cannot read Osprey annotations: {e}") from e
         if not isinstance(data, list):
             raise ConfigError(f"{path}: expected a top-level JSON list, got "
                               f"{type(data).__name__}")
-        return data
+        return data, dups
 
     def list_items(self) -> list[ItemRef]:
         """One `ItemRef` per JSON element of every selected file.
@@ -112,21 +115,19 @@ class OspreyReader:
         items = []
         for file in self.files:  # one file parsed at a time
             stem = Path(file).stem
-            items += [ItemRef(source_id=f"{stem}_{i:0{_INDEX_DIGITS}d}",
-                              data={"file": file, "index": i, "record": _compact(rec)})
-                      for i, rec in enumerate(self._read_list(file))]
+            records, dups = self._read_list(file)
+            items += [_item(f"{stem}_{i:0{_INDEX_DIGITS}d}", file, i, rec, dups)
+                      for i, rec in enumerate(records)]
         return sorted(items, key=lambda r: r.source_id)
 
     def _read_image(self, file_name: str) -> tuple[str, bytes]:
         for folder in self.image_dirs:
-            rel = f"{folder}/{file_name}"
-            try:
-                return rel, (Path(self.root) / rel).read_bytes()
-            except (FileNotFoundError, NotADirectoryError):
+            base = Path(self.root) / folder
+            # checked before the lookup: a '..' name must not probe other folders either
+            if not os.path.lexists(data_path(base, file_name)):
                 continue
-            except OSError as e:
-                raise SampleError(Reason.MISSING_IMAGE, f"{rel}: {type(e).__name__}: "
-                                                        f"{e.strerror}") from e
+            rel = f"{folder}/{file_name}"
+            return rel, read_data_file(base, file_name, shown=rel)
         raise SampleError(Reason.MISSING_IMAGE,
                           f"{file_name}: not in any of {', '.join(self.image_dirs)}")
 
@@ -177,17 +178,27 @@ def _compact(rec: Any) -> str:
     return json.dumps(rec, separators=(",", ":"), ensure_ascii=False)
 
 
+def _item(source_id: str, file: str, i: int, rec: Any, dups: bool) -> ItemRef:
+    """The element's item, or a `bad_item` when it is not an object or repeats a key."""
+    if not isinstance(rec, dict):
+        return bad_item(source_id, Reason.BAD_ANNOTATION,
+                        f"{file}[{i}]: element is {type(rec).__name__}, not an object")
+    if dups and duplicate_keys(rec):
+        return bad_item(source_id, Reason.BAD_ANNOTATION,
+                        f"{file}[{i}]: repeats keys {list(duplicate_keys(rec))}")
+    return ItemRef(source_id=source_id, data={"file": file, "index": i, "record": _compact(rec)})
+
+
 def _parse_record(rec: Any, where: str) -> tuple[str, int, int, list[dict]]:
-    """(file_name, height, width, annotation list) of one element, checked."""
+    """(file_name, height, width, annotation list) of one element, checked (the file name is
+    checked against the folders by `safe_io.data_path` when it is read)."""
     try:
-        file_name, h, w = str(rec["file_name"]), int(rec["height"]), int(rec["width"])
-        anns = rec.get("annotation", [])
+        h, w = ops.strict_dim(rec["height"]), ops.strict_dim(rec["width"])
+        file_name, anns = rec["file_name"], rec.get("annotation", [])
+        if not isinstance(file_name, str):
+            raise TypeError(f"file_name {file_name!r} is not a string")
     except (KeyError, TypeError, ValueError, AttributeError) as e:
         raise SampleError(Reason.BAD_ANNOTATION, f"{where}: {type(e).__name__}: {e}") from e
-    parts = PurePosixPath(file_name).parts
-    if not parts or PurePosixPath(file_name).is_absolute() or ".." in parts:
-        raise SampleError(Reason.BAD_ANNOTATION,  # never read outside the image folders
-                          f"{where}: file_name {file_name!r} is not a relative path")
     if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
         raise SampleError(Reason.BAD_ANNOTATION, f"{where}: annotation must be a list of dicts")
     return file_name, h, w, anns

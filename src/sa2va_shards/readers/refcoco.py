@@ -27,8 +27,16 @@ from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
 from sa2va_shards.readers import _synth
 from sa2va_shards.readers._safe_pickle import safe_load
-from sa2va_shards.readers.coco import load_instances, read_image_file, source_id_of
-from sa2va_shards.records import ItemRef, RawSample
+from sa2va_shards.readers.coco import (
+    category_names,
+    image_fields,
+    is_id,
+    load_instances,
+    read_image,
+    source_id_of,
+)
+from sa2va_shards.records import ItemRef, RawSample, bad_item
+from sa2va_shards.safe_io import duplicate_keys, open_regular
 
 __all__ = ["REFCOCO_FAULTS", "RefCocoReader"]
 
@@ -63,78 +71,76 @@ class RefCocoReader:
         """The refs pickle this reader reads."""
         return Path(self.root) / (self.refs_file or f"refs({self.variant}).p")
 
-    def _load_refs(self) -> list[dict]:
+    def _load_refs(self) -> list:
         path = self.refs_path
         try:
-            with open(path, "rb") as f:
+            with open_regular(path) as f:
                 refs = safe_load(f, name=path.name)
         except FileNotFoundError as e:
             raise ConfigError(f"{path}: refs file not found (check reader.root and "
                               "reader.options.variant / refs_file)") from e
+        except OSError as e:
+            raise ConfigError(f"{path}: cannot read the refs file: {e}") from e
         except SampleError as e:  # one pickle for the whole set: nothing can be built
             raise ConfigError(f"{path}: {e.reason.value}: {e.detail}") from e
-        if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
-            raise ConfigError(f"{path}: expected a list of ref dicts")
+        if not isinstance(refs, list):
+            raise ConfigError(f"{path}: expected a list of refs, got {type(refs).__name__}")
         return refs
 
-    def _load_instances(self) -> dict[str, Any]:
-        return load_instances(Path(self.root) / self.instances)
-
-    def _split_refs(self, refs: list[dict]) -> list[dict]:
-        chosen = [r for r in refs if r.get("split") == self.split]
+    def _split_refs(self, refs: list) -> list[tuple[int, Any]]:
+        """(index in the file, ref) of the refs in `split`; records that are not dicts are
+        kept (they may belong to the split: `_index_refs` rejects them)."""
+        chosen = [(i, r) for i, r in enumerate(refs)
+                  if not isinstance(r, dict) or r.get("split") == self.split]
         if not chosen:
-            present = sorted({str(r.get("split")) for r in refs})
+            present = sorted({str(r.get("split")) for r in refs if isinstance(r, dict)})
             raise ConfigError(f"{self.refs_path}: no refs in split {self.split!r}; the file "
                               f"has {', '.join(present) or 'no refs'}")
-        try:
-            return sorted(chosen, key=lambda r: int(r["ref_id"]))
-        except (KeyError, TypeError, ValueError) as e:
-            raise ConfigError(f"{self.refs_path}: a ref without an integer ref_id: {e}") from e
+        return chosen
 
     def list_items(self) -> list[ItemRef]:
         """One `ItemRef` per image with refs in `split`: its image record and the referred
-        objects (segmentation, sentences) inline, so `load` reads no annotation file."""
+        objects (segmentation, sentences) inline, so `load` reads no annotation file. A ref,
+        image or annotation record of the wrong shape rejects the image it belongs to (or,
+        when it names no usable image, is a reject of its own)."""
         refs = self._split_refs(self._load_refs())
-        coco = self._load_instances()
-        anns = {a.get("id"): a for a in coco["annotations"]}
-        cats = {c.get("id"): c.get("name") for c in coco.get("categories", [])}
-        objects: dict[Any, dict[Any, dict]] = defaultdict(dict)  # image id -> ann id -> object
-        for ref in refs:
-            obj = objects[ref.get("image_id")].setdefault(
-                ref.get("ann_id"), _new_object(ref.get("ann_id"), anns, cats))
-            obj["ref_ids"].append(ref["ref_id"])
-            for s in ref.get("sentences") or []:
-                obj["sentences"].append(s.get("raw", s.get("sent")) if isinstance(s, dict)
-                                        else str(s))
-                obj["sent_ids"].append(s.get("sent_id") if isinstance(s, dict) else None)
-        images = {img.get("id"): img for img in coco["images"]}
-        items = [ItemRef(source_id=source_id_of(image_id),
-                         data={"image_id": image_id, "image": images.get(image_id),
-                               "split": self.split, "objects": list(objs.values())})
-                 for image_id, objs in objects.items()]
+        coco, dups = load_instances(Path(self.root) / self.instances)
+        anns = {a["id"]: a for a in coco.get("annotations", [])
+                if isinstance(a, dict) and is_id(a.get("id"))}
+        cats = category_names(coco.get("categories", []))
+        images = {img["id"]: img for img in coco["images"]
+                  if isinstance(img, dict) and is_id(img.get("id"))}
+        objects, problems, items = _index_refs(refs, anns, cats)
+        for image_id, objs in objects.items():
+            sid, img = source_id_of(image_id), images.get(image_id)
+            if img is None:
+                problems[image_id].append(f"image id {image_id!r} is not in {self.instances}")
+            elif dups and (repeated := duplicate_keys([img, *(anns.get(a) for a in objs)])):
+                problems[image_id].append(f"its image or annotation records repeat keys "
+                                          f"{list(repeated)}")
+            if problems.get(image_id):
+                items.append(bad_item(sid, Reason.BAD_ANNOTATION,
+                                      "; ".join(problems[image_id][:3])))
+                continue
+            items.append(ItemRef(source_id=sid, data={
+                "image_id": image_id, "image": img, "split": self.split,
+                "objects": list(objs.values())}))  # in ref order
         return sorted(items, key=lambda r: r.source_id)
 
     def load(self, ref: ItemRef) -> RawSample:
         """Read the image and turn each referred object's segmentation into an RLE.
 
         Raises:
-            SampleError: `bad_annotation` (image or annotation missing from instances.json,
-                malformed image record), `missing_image`, `bad_segmentation`.
+            SampleError: `bad_annotation` (annotation missing from instances.json, malformed
+                image record), `missing_image`, `unsafe_path`, `bad_segmentation`.
         """
         img, objects = ref.data["image"], ref.data["objects"]
-        if img is None:
-            raise SampleError(Reason.BAD_ANNOTATION,
-                              f"image id {ref.data['image_id']!r} is not in {self.instances}")
         missing = [o["id"] for o in objects if o.get("missing")]
         if missing:
             raise SampleError(Reason.BAD_ANNOTATION,
                               f"refs name annotation ids {missing} not in {self.instances}")
-        try:
-            h, w, file_name = int(img["height"]), int(img["width"]), str(img["file_name"])
-        except (KeyError, TypeError, ValueError) as e:
-            raise SampleError(Reason.BAD_ANNOTATION, f"image record {img!r}: {e}") from e
-        rel = f"{self.images}/{file_name}"
-        data = read_image_file(self.root, rel)
+        h, w, file_name = image_fields(img)
+        rel, data = read_image(self.root, self.images, file_name)
         rles = ops.segmentations_to_rles([o["segmentation"] for o in objects], height=h, width=w)
         return RawSample(
             source_id=ref.source_id, image=data, image_name=rel, rles=tuple(rles),
@@ -169,6 +175,51 @@ class RefCocoReader:
             else:
                 pickle.dump(refs, f, protocol=2)
         return out_dir
+
+
+def _ref_problem(ref: Any) -> str | None:
+    """Why a ref record cannot be used, or None (every field it is read for, typed)."""
+    if not isinstance(ref, dict):
+        return f"ref is {type(ref).__name__}, not a dict"
+    for key in ("ref_id", "ann_id", "image_id"):
+        if not is_id(ref.get(key)):
+            return f"ref {key} {ref.get(key)!r} is not an int or a string"
+    sents = ref.get("sentences") or []
+    if not isinstance(sents, list) or not all(
+            isinstance(s, str) or isinstance(s, dict) and isinstance(s.get("raw", s.get("sent")),
+                                                                     str) for s in sents):
+        return f"ref {ref['ref_id']!r}: sentences must be a list of strings or {{raw: str}} dicts"
+    return None
+
+
+def _index_refs(refs: list[tuple[int, Any]], anns: dict, cats: dict
+                ) -> tuple[dict[Any, dict[Any, dict]], dict[Any, list[str]], list[ItemRef]]:
+    """image id -> ann id -> object, problems per image id, and bad items for refs that name
+    no usable image id."""
+    objects: dict[Any, dict[Any, dict]] = defaultdict(dict)
+    problems: dict[Any, list[str]] = defaultdict(list)
+    bad: list[ItemRef] = []
+    for i, ref in sorted(refs, key=lambda x: _ref_order(x[1])):
+        problem = _ref_problem(ref)
+        if problem and not (isinstance(ref, dict) and is_id(ref.get("image_id"))):
+            bad.append(bad_item(f"refs[{i}]", Reason.BAD_ANNOTATION, problem))
+            continue
+        if problem:
+            problems[ref["image_id"]].append(f"refs[{i}]: {problem}")
+            objects[ref["image_id"]]  # noqa: B018 - the image still needs its (reject) row
+            continue
+        obj = objects[ref["image_id"]].setdefault(ref["ann_id"],
+                                                  _new_object(ref["ann_id"], anns, cats))
+        obj["ref_ids"].append(ref["ref_id"])
+        for s in ref.get("sentences") or []:
+            obj["sentences"].append(s.get("raw", s.get("sent")) if isinstance(s, dict) else s)
+            obj["sent_ids"].append(s.get("sent_id") if isinstance(s, dict) else None)
+    return objects, problems, bad
+
+
+def _ref_order(ref: Any) -> tuple[int, Any]:
+    rid = ref.get("ref_id") if isinstance(ref, dict) else None
+    return (0, rid) if isinstance(rid, int) and not isinstance(rid, bool) else (1, str(rid))
 
 
 def _new_object(ann_id: Any, anns: dict, cats: dict) -> dict:

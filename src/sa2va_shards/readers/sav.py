@@ -1,8 +1,8 @@
 """SA-V video: `sav_XXXXXX.mp4` (24 fps) + `sav_XXXXXX_manual.json`, or extracted JPEG frames.
 
 The manual JSON's `masklet` is a list over annotated frames (6 fps: every 4th video frame) of
-lists over objects of COCO compressed RLE. One sample = one clip: annotated frames taken with
-`frame_stride` (in annotated frames) up to `max_frames`, decoded with PyAV (mp4) or read from
+lists over objects of COCO compressed RLE. One sample = one clip: every annotated frame (or every
+`frame_stride`-th, at most `max_frames` spread over the clip), decoded with PyAV (mp4) or read from
 `JPEGImages_24fps/<video_id>/<00000>.jpg`. A decoded frame whose size differs from the RLE size
 (rotation metadata, a wrong video) is a `mask_size_mismatch` reject, not a wrong mask.
 
@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar, Literal
@@ -28,12 +29,23 @@ from pycocotools import mask as mask_utils
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
 from sa2va_shards.readers import _synth
-from sa2va_shards.records import ItemRef, RawClip
+from sa2va_shards.records import ItemRef, RawClip, bad_item
+from sa2va_shards.safe_io import (
+    check_regular,
+    data_path,
+    duplicate_keys,
+    load_json,
+    open_regular,
+    read_data_file,
+)
 
 __all__ = ["SAV_FAULTS", "SavReader"]
 
 #: video frames per annotated frame (24 fps video, 6 fps masklets).
 ANNOTATION_STEP = 4
+#: SA-V's frame rate; an mp4 at another rate is `corrupt_video` (23.976 passes).
+VIDEO_FPS = 24
+FPS_TOLERANCE = 0.05
 #: fault kinds `synth` can inject, one clip each (ids sav_900000 + j). `rotated`: 90 degree
 #: display rotation with masks in display orientation; `rotated_180`: 180 degrees. The
 #: extracted frames of both are written rotated (as ffmpeg does), so they match their masks.
@@ -61,6 +73,9 @@ class SavReader:
     #: optional Ref-SAV expression file (Sa2VA's `sam_v_final_v3.json`: {video_id: {objects:
     #: {column index: {formated, short_caps}}}}), relative to root: adds object captions.
     expressions: str | None = None
+    #: frame pixel budget, checked from the stream header before any frame is decoded; the
+    #: build sets it from `image.max_pixels`.
+    max_pixels: int = 100_000_000
 
     def __post_init__(self) -> None:
         if self.layout not in ("mp4", "frames"):
@@ -75,29 +90,44 @@ class SavReader:
         base = Path(self.root) / self.videos
         if not base.is_dir():
             raise ConfigError(f"{base}: SA-V video folder not found (check reader.root)")
-        captions = self._expressions()
+        captions, bad_captions = self._expressions()
         items = []
         for path in sorted(base.rglob("*_manual.json")):
             video_id = path.name.removesuffix("_manual.json")
             rel = path.relative_to(self.root)
+            if video_id in bad_captions:
+                items.append(bad_item(video_id, Reason.BAD_ANNOTATION, bad_captions[video_id]))
+                continue
             items.append(ItemRef(source_id=video_id, data={
                 "annotation": str(rel), "video": str(rel.with_name(f"{video_id}.mp4")),
-                "annotation_bytes": path.stat().st_size,
+                "annotation_bytes": path.lstat().st_size,
                 "captions": captions.get(video_id, {})}))
         return items
 
-    def _expressions(self) -> dict[str, dict[str, dict]]:
-        """video id -> {column index: {caption, short_caps}} from the Ref-SAV file, if set."""
+    def _expressions(self) -> tuple[dict[str, dict[str, dict]], dict[str, str]]:
+        """video id -> {column index: {caption, short_caps}} from the Ref-SAV file, if set,
+        and video id -> why its entry is unusable (the video is then rejected, not built
+        without its captions)."""
         if self.expressions is None:
-            return {}
+            return {}, {}
         path = Path(self.root) / self.expressions
         try:
-            doc = json.loads(path.read_text())
+            with open_regular(path) as f:
+                doc, dups = load_json(f)
         except (OSError, ValueError) as e:
             raise ConfigError(f"{path}: cannot read the expression file: {e}") from e
-        return {vid: {str(i): {"caption": o.get("formated"), "short_caps": o.get("short_caps")}
-                      for i, o in (v.get("objects") or {}).items()}
-                for vid, v in doc.items() if isinstance(v, dict)}
+        if not isinstance(doc, dict):
+            raise ConfigError(f"{path}: expected an object of videos, got {type(doc).__name__}")
+        captions, bad = {}, {}
+        for vid, entry in doc.items():
+            problem = _expression_problem(entry, dups)
+            if problem:
+                bad[vid] = f"{self.expressions}: {vid}: {problem}"
+                continue
+            captions[vid] = {str(i): {"caption": o.get("formated"),
+                                      "short_caps": o.get("short_caps")}
+                             for i, o in (entry.get("objects") or {}).items()}
+        return captions, bad
 
     def load(self, ref: ItemRef) -> RawClip:
         """The clip's frames and, per frame and object, the masklet RLE."""
@@ -110,40 +140,48 @@ class SavReader:
         ids = _masklet_ids(doc, len(rles[0]), ref.data["annotation"])
         frame_ids = [i * ANNOTATION_STEP for i in picked]
         if self.layout == "mp4":
-            frames, rotation = self._mp4_frames(ref, frame_ids)
+            frames, rotation, fps = self._mp4_frames(ref, frame_ids)
             _check_rotation(frames.shape[1:3], rles, rotation, ref.data["video"])
-        else:
-            frames, rotation = self._jpeg_frames(ref, frame_ids), 0
+        else:  # extracted frames carry no rate: the folder is the 24 fps extraction
+            frames, rotation, fps = self._jpeg_frames(ref, frame_ids), 0, float(VIDEO_FPS)
         captions = ref.data.get("captions", {})
         objects = tuple({"id": i, "masklet_id": i, **captions.get(str(col), {})}
                         for col, i in enumerate(ids))
         return RawClip(source_id=ref.source_id, frames=frames, frame_indices=tuple(frame_ids),
                        rles=rles, objects=objects,
-                       meta={"video_id": ref.source_id, "fps": 24, "rotation": rotation,
+                       meta={"video_id": ref.source_id, "fps": fps, "rotation": rotation,
                              "video_frame_count": doc.get("video_frame_count")})
 
     def _annotation(self, ref: ItemRef) -> dict[str, Any]:
-        path = Path(self.root) / ref.data["annotation"]
+        rel = ref.data["annotation"]
+        data = read_data_file(self.root, rel, shown=rel, missing=Reason.BAD_ANNOTATION)
         try:
-            doc = json.loads(path.read_text())
-        except (OSError, ValueError) as e:
-            raise SampleError(Reason.BAD_ANNOTATION, f"{ref.data['annotation']}: {e}") from e
+            doc, dups = load_json(data)
+        except ValueError as e:
+            raise SampleError(Reason.BAD_ANNOTATION, f"{rel}: {e}") from e
         if not isinstance(doc, dict) or not isinstance(doc.get("masklet"), list):
-            raise SampleError(Reason.BAD_ANNOTATION, f"{ref.data['annotation']}: no masklet")
+            raise SampleError(Reason.BAD_ANNOTATION, f"{rel}: no masklet")
+        if dups:
+            raise SampleError(Reason.BAD_ANNOTATION,
+                              f"{rel}: repeats keys {list(duplicate_keys(doc))}")
         return doc
 
-    def _mp4_frames(self, ref: ItemRef, frame_ids: list[int]) -> tuple[np.ndarray, int]:
-        """The wanted frames (T, H, W, 3) RGB as stored, and the rotation metadata (degrees,
-        counter-clockwise, 0 when none): decodes up to the last wanted frame only."""
+    def _mp4_frames(self, ref: ItemRef,
+                    frame_ids: list[int]) -> tuple[np.ndarray, int, float]:
+        """The wanted frames (T, H, W, 3) RGB as stored, the rotation metadata (degrees,
+        counter-clockwise, 0 when none) and the frame rate: decodes up to the last wanted
+        frame only, after the stream's size and rate are checked."""
         import av
 
         rel = ref.data["video"]
-        path = Path(self.root) / rel
-        if not path.exists():
+        path = data_path(self.root, rel, name="video")
+        if not os.path.lexists(path):
             raise SampleError(Reason.MISSING_VIDEO, f"{rel}: no such file")
+        check_regular(path, rel)  # PyAV would block on a FIFO
         wanted, out, rotation = set(frame_ids), {}, 0
         try:
             with av.open(str(path)) as container:
+                fps = self._check_stream(container, rel)
                 for i, frame in enumerate(container.decode(video=0)):
                     if i == 0:  # older PyAV has no `rotation`: the size check still applies
                         rotation = int(round(getattr(frame, "rotation", 0) or 0)) % 360
@@ -157,18 +195,34 @@ class SavReader:
         missing = [i for i in frame_ids if i not in out]
         if missing:
             raise SampleError(Reason.CORRUPT_VIDEO, f"{rel}: frames {missing[:5]} not decodable")
-        return np.stack([out[i] for i in frame_ids]), rotation
+        return np.stack([out[i] for i in frame_ids]), rotation, fps
+
+    def _check_stream(self, container: Any, rel: str) -> float:
+        """The video stream's frame rate, after checking there is a video stream, its size is
+        within `max_pixels` (before any frame is decoded) and its rate is SA-V's 24 fps (the
+        masklets' every-4th-frame mapping assumes it)."""
+        if not container.streams.video:
+            raise SampleError(Reason.CORRUPT_VIDEO, f"{rel}: no video stream (audio only?)")
+        stream = container.streams.video[0]
+        h, w = stream.codec_context.height, stream.codec_context.width
+        if h * w > self.max_pixels:
+            raise SampleError(Reason.IMAGE_TOO_LARGE,
+                              f"{rel}: frames {w}x{h} over max_pixels={self.max_pixels}")
+        rate = stream.average_rate or stream.guessed_rate
+        fps = float(rate) if rate else float("nan")
+        if not abs(fps - VIDEO_FPS) <= FPS_TOLERANCE:
+            raise SampleError(Reason.CORRUPT_VIDEO,
+                              f"{rel}: {fps:g} fps; SA-V masklets are every {ANNOTATION_STEP}th "
+                              f"frame of a {VIDEO_FPS} fps video, so the frames would not match")
+        return round(fps, 3)
 
     def _jpeg_frames(self, ref: ItemRef, frame_ids: list[int]) -> np.ndarray:
         folder = f"{self.frames_dir}/{ref.source_id}"
         frames = []
         for i in frame_ids:
             rel = f"{folder}/{i:05d}.jpg"
-            try:
-                data = (Path(self.root) / rel).read_bytes()
-            except OSError as e:
-                raise SampleError(Reason.MISSING_IMAGE, f"{rel}: no such file") from e
-            frames.append(ops.decode_image(data, max_pixels=1 << 31, name=rel))
+            data = read_data_file(self.root, rel, shown=rel)
+            frames.append(ops.decode_image(data, max_pixels=self.max_pixels, name=rel))
         if len({f.shape for f in frames}) != 1:
             raise SampleError(Reason.CORRUPT_VIDEO, f"{folder}: frames differ in size")
         return np.stack(frames)
@@ -202,6 +256,23 @@ def _spread(frames: list[int], cap: int | None) -> list[int]:
     if cap is None or len(frames) <= cap:
         return frames
     return [frames[i] for i in np.linspace(0, len(frames) - 1, cap).round().astype(int)]
+
+
+def _expression_problem(entry: Any, dups: bool) -> str | None:
+    """Why a Ref-SAV entry cannot give captions, or None."""
+    objects = entry.get("objects") if isinstance(entry, dict) else None
+    if not isinstance(entry, dict) or not isinstance(objects or {}, dict):
+        return "entry must be an object with an 'objects' object"
+    for col, o in (objects or {}).items():
+        if not isinstance(o, dict):
+            return f"object {col} is {type(o).__name__}, not an object"
+        caps = o.get("short_caps")
+        if not isinstance(o.get("formated"), str | None) or not (
+                caps is None or isinstance(caps, list) and all(isinstance(c, str) for c in caps)):
+            return f"object {col}: formated must be text and short_caps a list of text"
+    if dups and duplicate_keys(entry):
+        return f"repeats keys {list(duplicate_keys(entry))}"
+    return None
 
 
 def _frame_rles(masklet: list, picked: list[int], name: str) -> tuple[tuple[dict, ...], ...]:
