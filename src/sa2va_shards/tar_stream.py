@@ -161,9 +161,9 @@ class TarStream:
     - a sample whose key is not in samples.parquet for this shard, or repeats, or comes after
       the manifest's count, is refused before it is served (`sample_mismatch`): an appended
       sample is never served;
-    - with `verify_samples`, each sample's content hash is also checked against samples.parquet
-      before it is yielded, so a changed sample is refused instead of being counted at the end
-      of its shard (every member is then read, to hash it).
+    - with `verify_samples` (the default), each sample's content hash is also checked against
+      samples.parquet before it is yielded, so a changed sample is refused, never served
+      (every member is then read, to hash it; unwanted ones are dropped after).
 
     Args:
         urls: shard paths/URLs (anything webdataset's gopen opens).
@@ -174,17 +174,18 @@ class TarStream:
         strict: raise `CorruptDataError` instead of skipping.
         report: called with (reason, detail) for each skipped shard or sample this stream owns.
         verify: check against the manifests (local shards of a build).
-        verify_samples: also refuse samples whose content hash differs.
+        verify_samples: also refuse samples whose content hash differs (needs `verify`).
     """
 
     def __init__(self, urls: list[str], *, owned: set[str], wanted: Callable[[str], bool],
                  expected: dict[str, int], strict: bool,
                  report: Callable[[str, str], None], verify: bool = True,
-                 verify_samples: bool = False) -> None:
+                 verify_samples: bool = True) -> None:
         self.urls, self.owned, self.wanted, self.expected = urls, owned, wanted, expected
         self.strict, self.report = strict, report
         self.verify, self.verify_samples = verify, verify and verify_samples
         self.url, self.bad = "", set()
+        self._changed = 0  # samples of the current shard refused for changed bytes
         self._manifests: dict[Path, _Manifest | None] = {}
 
     def _select(self, fname: str) -> bool:
@@ -214,7 +215,7 @@ class TarStream:
 
     def __iter__(self) -> Iterator[dict]:
         for url in self.urls:
-            self.url, n = url, 0
+            self.url, n, self._changed = url, 0, 0
             stream = self._open(url)
             if stream is None:
                 continue
@@ -256,6 +257,7 @@ class TarStream:
             return "not in samples.parquet for this shard (appended?)"
         members = {k: v for k, v in sample.items() if not k.startswith("__")}
         if self.verify_samples and content_hash(members) != known[key]:
+            self._changed += 1  # still one of the shard's samples: not a short shard
             return "content hash differs from samples.parquet (changed bytes)"
         return None
 
@@ -270,7 +272,7 @@ class TarStream:
         if url in self.bad:
             return
         expected = self.expected.get(Path(url).name)
-        if expected is not None and n != expected:
+        if expected is not None and n + self._changed != expected:
             self._skip("short_shard", f"{url}: {n} samples, the manifest says {expected}")
             return
         rec = manifest.shards.get(Path(url).name) if manifest is not None else None
@@ -283,8 +285,10 @@ class TarStream:
                 raise CorruptDataError(f"shard_mismatch: {url}: sha256 differs from "
                                        "shards.parquet")
             if url in self.owned:
+                checked = ("every sample served matched samples.parquet" if self.verify_samples
+                           else "its samples were served unchecked")
                 self.report("shard_mismatch", f"{url}: sha256 differs from shards.parquet "
-                            "(its samples were each checked; bytes outside them changed)")
+                            f"({checked})")
     def _handler(self, exn: Exception) -> bool:
         if isinstance(exn, (*SYSTEM_EXCEPTIONS, CorruptDataError)):
             raise exn  # a strict-mode error passes back up through webdataset's own handlers

@@ -23,7 +23,7 @@ from sa2va_shards.cli import main
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.loader import LoaderConfig, ShardDataset
 from sa2va_shards.manifest import file_sha256
-from sa2va_shards.tar_stream import TarStream
+from sa2va_shards.tar_stream import CorruptDataError, TarStream
 from sa2va_shards.verify import verify_build
 from sa2va_shards.versions import read_latest
 from tests.helpers import make_config
@@ -143,25 +143,33 @@ def _flip_jpeg_byte(tar_path: Path) -> str:
     return m.name.split(".")[0]
 
 
-def test_a_bit_flip_in_a_shard_is_counted_by_the_loader(copy):
+def test_a_bit_flip_in_a_shard_is_refused_and_counted_by_the_loader(copy):
     shard = sorted((copy / "shards").glob("*.tar"))[0]
-    _flip_jpeg_byte(shard)
+    key = _flip_jpeg_byte(shard)
     ds = ShardDataset(copy, LIGHT)
-    with pytest.warns(UserWarning, match="shard_mismatch"):
-        list(ds)
-    assert ds.stats["shard_mismatch"] == 1
+    with pytest.warns(UserWarning, match="sample_mismatch"):
+        keys = [s["__key__"] for s in ds]
+    assert key not in keys  # garbage is never served
+    assert len(keys) == len(pq.read_table(copy / "samples.parquet")) - 1
+    assert ds.stats == {"sample_mismatch": 1, "shard_mismatch": 1}
 
 
-def test_with_sample_verification_a_changed_sample_is_refused_not_served(copy):
+def test_without_sample_verification_a_flip_is_still_counted_at_the_shard_end(copy):
     shard = sorted((copy / "shards").glob("*.tar"))[0]
     key = _flip_jpeg_byte(shard)
     reports: list[tuple[str, str]] = []
     stream = TarStream([str(shard)], owned={str(shard)}, wanted=lambda s: True,
                        expected={}, strict=False, report=lambda r, d: reports.append((r, d)),
-                       verify_samples=True)
+                       verify_samples=False)
     keys = [s["__key__"] for s in stream]
-    assert key not in keys and len(keys) == 2
-    assert [r for r, _ in reports] == ["sample_mismatch", "shard_mismatch"]
+    assert key in keys and len(keys) == 3  # served: only the whole shard's hash can tell
+    assert [r for r, _ in reports] == ["shard_mismatch"]
+
+
+def test_strict_mode_raises_on_a_changed_sample(copy):
+    _flip_jpeg_byte(sorted((copy / "shards").glob("*.tar"))[0])
+    with pytest.raises(CorruptDataError, match="sample_mismatch"):
+        list(ShardDataset(copy, LoaderConfig(gt_masks="none", shuffle=False, strict=True)))
 
 
 def test_an_appended_sample_is_never_served(copy):

@@ -104,18 +104,38 @@ def check_faults(result: Any, expected: dict[str, str], object_faults: dict[str,
 
 
 def resign_shard(tar_path: Path) -> None:
-    """Record a hand-edited shard's new sha256 and size in its build's shards.parquet, as if
-    it had been built that way: tests of the loader's decoder edit members and must get past
-    the loader's shard-hash check to reach it."""
+    """Record a hand-edited shard's new sha256 and size in shards.parquet, and its samples'
+    new content hashes in samples.parquet, as if it had been built that way: tests of the
+    loader's decoder edit members and must get past the loader's hash checks to reach it."""
     import hashlib
 
     import pyarrow as pa
 
-    build = Path(tar_path).parent.parent
-    table = pq.read_table(build / "shards.parquet").to_pylist()
-    for row in table:
-        if row["file"] == Path(tar_path).name:
-            data = Path(tar_path).read_bytes()
+    from sa2va_shards.schema import content_hash
+
+    tar_path = Path(tar_path)
+    build = tar_path.parent.parent
+    data = tar_path.read_bytes()
+    members: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(tar_path) as tar:
+        for m in tar:
+            key, _, suffix = m.name.partition(".")
+            members.setdefault(key, {})[suffix] = tar.extractfile(m).read()
+
+    def update(name: str, edit: Callable[[dict], None]) -> None:
+        path = build / name
+        rows = pq.read_table(path).to_pylist()
+        for row in rows:
+            edit(row)
+        pq.write_table(pa.Table.from_pylist(rows, schema=pq.read_schema(path)), path)
+
+    def shard_row(row: dict) -> None:
+        if row["file"] == tar_path.name:
             row.update(sha256=hashlib.sha256(data).hexdigest(), bytes=len(data))
-    pq.write_table(pa.Table.from_pylist(table, schema=pq.read_schema(build / "shards.parquet")),
-                   build / "shards.parquet")
+
+    def sample_row(row: dict) -> None:
+        if row["shard"] == tar_path.name and row["key"] in members:
+            row["sha256"] = content_hash(members[row["key"]])
+
+    update("shards.parquet", shard_row)
+    update("samples.parquet", sample_row)
