@@ -17,7 +17,7 @@ import numpy as np
 from webdataset import gopen, tariterators
 
 from sa2va_shards.errors import SYSTEM_EXCEPTIONS, ConfigError
-from sa2va_shards.manifest import CARD, read_card, read_manifest
+from sa2va_shards.manifest import CARD, file_sha256, read_card, read_manifest
 from sa2va_shards.safe_io import NotRegularFileError, open_regular
 from sa2va_shards.schema import content_hash
 from sa2va_shards.versions import read_latest
@@ -132,11 +132,22 @@ class _HashingReader:
         self.f.close()
 
 
+def _tables_problem(build: Path) -> str | None:
+    # the card pins the tables the checks rely on; a card from before it did is trusted as is
+    recorded = read_card(build).get("manifests") or {}
+    for name in ("shards.parquet", "samples.parquet"):
+        if name in recorded and file_sha256(build / name) != recorded[name]:
+            return f"{build / name}: sha256 differs from {CARD} (edited or corrupt)"
+    return None
+
+
 class _Manifest:
     """What a build's tables say a shard holds: sha256 and size per shard file, content hash
     per sample key. Read lazily, once per stream, only for the stream's own shards."""
 
     def __init__(self, build: Path, files: set[str]) -> None:
+        #: why the tables cannot be trusted (hashes off the card's), or None.
+        self.problem = _tables_problem(build)
         shards = read_manifest(build, "shards.parquet").to_pylist()
         self.shards = {r["file"]: r for r in shards if r["file"] in files}
         table = read_manifest(build, "samples.parquet", ["key", "shard", "sha256"])
@@ -198,7 +209,12 @@ class TarStream:
             return None
         if build not in self._manifests:
             files = {Path(u).name for u in self.urls if Path(u).parent.parent == build}
-            self._manifests[build] = _Manifest(build, files)
+            manifest = self._manifests[build] = _Manifest(build, files)
+            if manifest.problem and self.strict:
+                raise CorruptDataError(f"manifest_mismatch: {manifest.problem}")
+            if manifest.problem and self.owned:  # once per stream that owns shards
+                self.report("manifest_mismatch", manifest.problem + " (checked against it "
+                            "anyway)")
         return self._manifests[build]
 
     def _open(self, url: str) -> _HashingReader | None:

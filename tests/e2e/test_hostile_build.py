@@ -166,6 +166,16 @@ def test_without_sample_verification_a_flip_is_still_counted_at_the_shard_end(co
     assert [r for r, _ in reports] == ["shard_mismatch"]
 
 
+def test_the_loader_reports_tables_that_differ_from_the_card(copy):
+    _edit_table(copy / "samples.parquet", _k_plus_one)
+    ds = ShardDataset(copy, LIGHT)
+    with pytest.warns(UserWarning, match="manifest_mismatch"):
+        list(ds)
+    assert ds.stats["manifest_mismatch"] == 1
+    with pytest.raises(CorruptDataError, match="manifest_mismatch"):
+        list(ShardDataset(copy, LoaderConfig(gt_masks="none", strict=True)))
+
+
 def test_strict_mode_raises_on_a_changed_sample(copy):
     _flip_jpeg_byte(sorted((copy / "shards").glob("*.tar"))[0])
     with pytest.raises(CorruptDataError, match="sample_mismatch"):

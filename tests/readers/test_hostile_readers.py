@@ -295,3 +295,30 @@ def test_refcoco_records_with_repeated_keys_reject_their_image(synth, tmp_path):
     bad = _bad(items)
     assert "repeat keys ['category_id']" in bad[f"{image_id:012d}"]["detail"]
     assert len(items) - len(bad) > 0
+
+
+@pytest.mark.parametrize("texts", [{"conversations": "hi"}, {"conversations": [{"from": 1}]},
+                                   {"conversations": [["human", "hi"]]},
+                                   {"description": [1, 2]}, {"description": "one string"}])
+def test_osprey_text_of_the_wrong_type_is_a_reject_not_passed_through(synth, texts, tmp_path):
+    root = tmp_path / "raw"
+    shutil.copytree(synth("osprey", n_items=5, seed=6), root)
+    path = root / "Osprey-724K" / "osprey_conversation.json"
+    doc = json.loads(path.read_text())
+    doc[0] = {**doc[0], **texts}
+    path.write_text(json.dumps(doc))
+    reader = OspreyReader(root=str(root), files=("osprey_conversation",))
+    first = reader.list_items()[0]
+    with pytest.raises(SampleError) as e:
+        reader.load(first)
+    assert e.value.reason is Reason.BAD_ANNOTATION
+
+
+@pytest.mark.parametrize("caption", [5, ["a"], {"text": "a"}, b"bytes"])
+def test_a_dam_caption_of_the_wrong_type_is_a_reject(caption):
+    from sa2va_shards.readers.describe_anything import _regions
+
+    with pytest.raises(SampleError) as e:
+        _regions([{"caption": caption, "mask_rle": {}}], "x.tar:k.pickle")
+    assert e.value.reason is Reason.BAD_ANNOTATION
+    assert _regions([{"mask_rle": {}}], "x") == [{"mask_rle": {}}]  # no caption: kept
