@@ -322,3 +322,18 @@ def test_a_dam_caption_of_the_wrong_type_is_a_reject(caption):
         _regions([{"caption": caption, "mask_rle": {}}], "x.tar:k.pickle")
     assert e.value.reason is Reason.BAD_ANNOTATION
     assert _regions([{"mask_rle": {}}], "x") == [{"mask_rle": {}}]  # no caption: kept
+
+
+def test_a_clip_with_more_than_256_masks_is_built(tmp_path):
+    """8 frames x 40 masklets = 320 masks in one sample: past pycocotools' uint8 area count,
+    which made every such clip an `unexpected_error`."""
+    from sa2va_shards.readers.sav import _write_clip
+
+    root = tmp_path / "raw"
+    _write_clip(root, "sav_000001", np.random.default_rng(0), n_frames=32, n_obj=40,
+                size=(240, 320))
+    out = run_build(make_config(root, tmp_path / "out", fmt="sav"), runner="serial",
+                    progress=False)
+    assert out.counts["written"] == 1, read_rejects(out.build_dir)
+    sample = json.loads((out.build_dir / "dataset.json").read_text())["counts"]
+    assert sample["objects_written"] + sample["objects_dropped"] == 40
