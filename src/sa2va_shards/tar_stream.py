@@ -17,7 +17,7 @@ import numpy as np
 from webdataset import gopen, tariterators
 
 from sa2va_shards.errors import SYSTEM_EXCEPTIONS, ConfigError
-from sa2va_shards.manifest import CARD, read_card, read_manifest
+from sa2va_shards.manifest import CARD, file_sha256, read_card, read_manifest
 from sa2va_shards.safe_io import NotRegularFileError, open_regular
 from sa2va_shards.schema import content_hash
 from sa2va_shards.versions import read_latest
@@ -132,11 +132,32 @@ class _HashingReader:
         self.f.close()
 
 
+def _local_path(url: str) -> Path | None:
+    """The file a shard URL names on this machine, or None for a remote or piped one."""
+    if url.startswith("file://"):
+        return Path(url[7:])
+    if url.startswith("file:"):
+        return Path(url[5:])
+    return None if "://" in url or url.startswith("pipe:") else Path(url)
+
+
+def _tables_problem(build: Path) -> str | None:
+    # the card pins the tables the checks rely on; a card from before it did is trusted as is
+    recorded = read_card(build).get("manifests") or {}
+    for name in ("shards.parquet", "samples.parquet"):
+        if name in recorded and file_sha256(build / name) != recorded[name]:
+            return (f"{build / name}: sha256 differs from {CARD} (edited or corrupt; "
+                    "checked against it anyway)")
+    return None
+
+
 class _Manifest:
     """What a build's tables say a shard holds: sha256 and size per shard file, content hash
     per sample key. Read lazily, once per stream, only for the stream's own shards."""
 
     def __init__(self, build: Path, files: set[str]) -> None:
+        #: why the tables cannot be trusted (hashes off the card's), or None.
+        self.problem = _tables_problem(build)
         shards = read_manifest(build, "shards.parquet").to_pylist()
         self.shards = {r["file"]: r for r in shards if r["file"] in files}
         table = read_manifest(build, "samples.parquet", ["key", "shard", "sha256"])
@@ -193,22 +214,30 @@ class TarStream:
         return suffix is not None and self.wanted(suffix.lower())
 
     def _manifest(self, url: str) -> _Manifest | None:
-        build = Path(url).parent.parent  # <build>/shards/<file>
-        if not self.verify or not (build / CARD).is_file():
+        local = _local_path(url)
+        build = local.parent.parent if local else None  # <build>/shards/<file>
+        if not self.verify or build is None or not (build / CARD).is_file():
             return None
         if build not in self._manifests:
-            files = {Path(u).name for u in self.urls if Path(u).parent.parent == build}
-            self._manifests[build] = _Manifest(build, files)
+            files = {p.name for p in map(_local_path, self.urls) if p and p.parent.parent == build}
+            try:
+                manifest: _Manifest | None = _Manifest(build, files)
+                problem = manifest.problem
+            except (ConfigError, OSError) as e:  # a card without readable tables
+                manifest, problem = None, f"{e} (shards read unchecked)"
+            self._manifests[build] = manifest
+            if problem and self.strict:
+                raise CorruptDataError(f"manifest_mismatch: {problem}")
+            if problem and self.owned:  # once per stream that owns shards
+                self.report("manifest_mismatch", problem)
         return self._manifests[build]
 
     def _open(self, url: str) -> _HashingReader | None:
         """The shard's byte stream; a local path must be a regular file (a FIFO would block
         the worker forever)."""
         try:
-            local = Path(url[7:] if url.startswith("file:") else url)
-            if "://" not in url and not url.startswith("pipe:"):
-                return _HashingReader(open_regular(local))
-            return _HashingReader(gopen.gopen(url))
+            local = _local_path(url)
+            return _HashingReader(open_regular(local) if local else gopen.gopen(url))
         except Exception as e:  # noqa: BLE001 - the handler decides (system errors re-raised)
             self._handler(e)
             return None
