@@ -8,6 +8,7 @@ Samples come out raw (member suffix -> bytes): nothing is decoded here.
 from __future__ import annotations
 
 import hashlib
+import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,7 @@ __all__ = [
     "TarStream",
     "read_build",
     "resolve_source",
+    "shard_keys",
     "shuffled",
 ]
 
@@ -91,6 +93,44 @@ def resolve_source(source: str | Path | Sequence[str | Path]) -> tuple[list[str]
         raise ConfigError("no shard URLs given")
     local = Path(urls[0])
     return urls, _find_card(local.parent) if local.exists() else None
+
+
+def shard_keys(urls: list[str], build: Path | None) -> list[list[str]]:
+    """Sample keys of each shard, in tar order: from samples.parquet when the build has it
+    (nothing is opened), else from the tar headers (local files; data is seeked over).
+
+    A shard that cannot be listed gets no keys here; reading it reports why.
+    """
+    listed: dict[str, list[str]] = {}
+    if build is not None and (build / "samples.parquet").is_file():
+        table = read_manifest(build, "samples.parquet", ["key", "shard"])
+        for key, shard in zip(table["key"].to_pylist(), table["shard"].to_pylist(),
+                              strict=True):
+            listed.setdefault(shard, []).append(key)
+    out = []
+    for url in urls:
+        keys = listed.get(Path(url).name)
+        out.append(sorted(keys, key=lambda k: k + ".") if keys is not None
+                   else _tar_keys(url))
+    return out
+
+
+def _tar_keys(url: str) -> list[str]:
+    # tar order: members are sorted by name, so sorting keys followed by their '.' matches it
+    local = _local_path(url)
+    if local is None:
+        raise ConfigError(f"{url}: a remote shard needs its build's samples.parquet to be "
+                          "planned")
+    keys: list[str] = []
+    try:
+        with open_regular(local) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for member in tar:
+                key = tariterators.base_plus_ext(member.name)[0]
+                if key is not None and (not keys or keys[-1] != key):
+                    keys.append(key)
+    except (OSError, tarfile.TarError, NotRegularFileError):
+        pass  # listed as far as readable; streaming the shard reports the damage
+    return keys
 
 
 def shuffled(items: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
