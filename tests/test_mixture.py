@@ -159,3 +159,18 @@ def test_interleaving_mixes_more_shards_into_a_batch(builds):
         return float(np.mean([len(set(b["urls"])) for b in batches]))
 
     assert shards_per_batch(4) > shards_per_batch(1)
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+def test_fixed_length_epochs_give_every_rank_the_same_count(builds, world):
+    n = ShardDataset(builds["coco"], CFG).num_samples
+    counts, keys = set(), []
+    for rank in range(world):
+        ds = ShardDataset(builds["coco"], replace(CFG, task="caption_to_mask"), rank=rank,
+                          world_size=world, samples_per_epoch=3 * n + 1)
+        assert ds.num_samples == 3 * n + 1
+        got = [k for b in ShardLoader(ds, batch_size=4, num_workers=2) for k in b["keys"]]
+        counts.add(len(got))
+        keys += got
+    assert counts == {(3 * n + 1) // world}  # every sample intact: equal, nothing skipped
+    assert max(Counter(keys).values()) <= 4  # three passes and a bit: drawn again, in turn

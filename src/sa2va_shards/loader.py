@@ -1,41 +1,40 @@
-"""Streaming loader over a build's shards: split, shuffle, resume, skip bad data.
+"""Streaming loader over one build or a mixture of builds: plan, split, resume, skip bad data.
 
-Order of one epoch, for one rank and DataLoader worker (a *slot*; slot = rank * workers + id):
+One epoch, as every rank and DataLoader worker sees it:
 
-1. The shard list is permuted with (seed, epoch).
-2. Split: with at least as many shards as slots (world_size * workers), slot s reads shards
-   s, s + slots, s + 2 slots, ... of the permuted list. With fewer shards than slots, every slot
-   reads every shard and keeps raw samples s, s + slots, ... of the concatenated stream
-   (sample-level striding: tiny builds still use every worker, at the cost of each slot
-   reading all bytes, which is small by definition). Either way each sample lands in exactly
-   one slot.
-3. A shuffle buffer seeded with (seed, epoch, slot) reorders the slot's raw (undecoded) samples.
-4. Samples are decoded (`samples.decode_sample`, per-sample choices seeded with
-   (seed, epoch, key)); a sample that fails is skipped, counted and warned about.
+1. The epoch's plan (`epoch.epoch_plan`): a list of positions, each naming one sample (source,
+   shard, item). It depends on the sources, their repeats/weights, the seed and the epoch, never
+   on ranks or workers. Each source's shards are permuted and merged `interleave` at a time;
+   the sources are spread over the epoch by a seeded permutation with exact counts.
+2. Split (`epoch.split`): the positions not yet consumed, one contiguous block per rank
+   (equal blocks by default, so DDP ranks step together), one piece per worker.
+3. A worker streams the shards its positions name, each front to back, a few at once, and
+   skips (reads, never decodes) the samples that are not its own; a shard is closed after its
+   last position. A shuffle buffer reorders the raw samples.
+4. Samples are decoded with their source's options (`samples.decode_sample`, choices seeded
+   with (seed, epoch, position)) and, with an encoder, tokenized; a sample that fails is
+   skipped, counted and reported.
 
-So a slot's stream is a pure function of (shards, seed, epoch, world size, workers). Every
-sample carries `__progress__` = (worker, workers, position in its slot's stream); the consumer
-(`ShardDataset.observe`, called by `ShardLoader` for every batch the training loop receives)
-keeps the next position per worker, and that small dict is the resume state: a restored
-dataset replays each slot's raw stream (bytes only, nothing decoded) up to its position.
+Every sample carries `__progress__` = its position; the consumer (`ShardDataset.observe`,
+called by `ShardLoader` for every batch the training loop receives) marks it consumed, and the
+consumed positions (as ranges) are the resume state: a restore on any number of ranks and
+workers removes them from the plan and splits the rest. Nothing is replayed: a resumed worker
+opens only the shards that still hold its positions.
 
-Training loop (one process per rank; the state is per rank)::
+Training loop (one process per rank)::
 
-    ds = ShardDataset(build_dir, LoaderConfig(task="mixed", max_objects=5), rank=r, world_size=w)
+    ds = ShardDataset(build_dir_or_mixture, LoaderConfig(task="mixed", max_objects=5),
+                      rank=r, world_size=w)
     loader = ShardLoader(ds, batch_size=8, num_workers=4, device="cuda")
-    if ckpt:                                  # same seed, shards, world size and workers
+    if ckpt:                                  # any world size and worker count
         loader.load_state_dict(ckpt["loader"])
     for epoch in range(ds.epoch, epochs):
         if epoch != ds.epoch:
             loader.set_epoch(epoch)           # new order; drops the resume position
         for batch in loader:                  # resumes mid-epoch after load_state_dict
             step(batch)
-            if time_to_save:
-                save({"model": ..., "loader": loader.state_dict()})   # JSON-able dict
-
-Ranks may get a few samples more or fewer than each other (whole shards, or a stride, per
-slot); no sample is dropped or repeated, so a DDP loop should stop the epoch together (e.g.
-`torch.distributed.algorithms.Join`, or a fixed step count) rather than assume equal lengths.
+            if time_to_save:                  # with torch.distributed initialised the state
+                save({"model": ..., "loader": loader.state_dict()})   # holds every rank
 """
 
 from __future__ import annotations
@@ -301,6 +300,9 @@ class ShardDataset(IterableDataset):
         encoder: tokenizes each sample's conversation (`encode.Encoder`); with it, samples
             carry `input_ids` / `labels` and `ShardLoader` yields Sa2VA's model input dict
             (`sa2va.model_inputs`). Needs full-resolution GT masks (`gt_masks='full'`).
+        samples_per_epoch: an epoch of exactly this many samples over all ranks (the
+            sources' repeats/weights give the proportions; a source shorter than its share is
+            drawn again in a new order): the epoch-free mode, for a fixed step count.
 
     Raises:
         ConfigError: a build's preprocessing does not match, a build cannot serve its task,
@@ -309,7 +311,7 @@ class ShardDataset(IterableDataset):
 
     def __init__(self, source: Any, cfg: LoaderConfig | None = None, *,
                  rank: int | None = None, world_size: int | None = None,
-                 encoder: Encoder | None = None) -> None:
+                 encoder: Encoder | None = None, samples_per_epoch: int | None = None) -> None:
         super().__init__()
         self.cfg = cfg or LoaderConfig()
         self.encoder = encoder
@@ -317,6 +319,8 @@ class ShardDataset(IterableDataset):
             raise ConfigError("a Sa2VA batch (encoder=...) carries full-resolution masks: "
                               "use LoaderConfig(gt_masks='full')")
         self.mixture = _as_mixture(source)
+        if samples_per_epoch is not None:  # a fixed-length epoch, whatever the sources hold
+            self.mixture = replace(self.mixture, samples_per_epoch=samples_per_epoch)
         self.sources = [self._open_source(s) for s in self.mixture.sources]
         self.urls = [u for s in self.sources for u in s.urls]
         self.card, self.shard_counts = self.sources[0].card, self.sources[0].counts
