@@ -7,7 +7,7 @@
   worker) and 4, each without and with the shuffle buffer.
 - Mixture: samples/s of a COCO build alone vs a COCO + Osprey mixture (repeat 2 + weight).
 
-Usage: python benchmarks/bench_resume.py [--items 256] [--workers 2]
+Usage: python benchmarks/bench_resume.py [--items 1024] [--workers 2]
 """
 
 from __future__ import annotations
@@ -27,13 +27,15 @@ from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader
 from sa2va_shards.mixture import MixSource, Mixture
 from sa2va_shards.readers import synth_dataset
 
-CFG = LoaderConfig(gt_masks="1024")
+#: the shuffle buffer is set to one shard's samples, the ratio of the defaults (256 : 256)
+CFG = LoaderConfig(gt_masks="1024", shuffle_buffer=64)
+SHARD = 64
 
 
 def _build(out: Path, fmt: str, items: int) -> Path:
     raw = synth_dataset(fmt, out / "raw" / fmt, n_items=items, seed=0)
     cfg = parse_config({"dataset": f"bench_{fmt}", "reader": {"format": fmt, "root": str(raw)},
-                        "out": str(out / "shards"), "shards": {"samples_per_shard": 16}})
+                        "out": str(out / "shards"), "shards": {"samples_per_shard": SHARD}})
     return run_build(cfg, runner="serial", progress=False).build_dir
 
 
@@ -65,7 +67,7 @@ def _shards_per_batch(build: Path, interleave: int, buffer: int) -> float:
 
 def _rate(ds: ShardDataset, workers: int) -> float:
     it = iter(ShardLoader(ds, batch_size=8, num_workers=workers))
-    n = len(next(it)["keys"])
+    next(it)  # worker start-up excluded
     t0, counted = time.perf_counter(), 0
     for batch in it:
         counted += len(batch["keys"])
@@ -74,20 +76,21 @@ def _rate(ds: ShardDataset, workers: int) -> float:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--items", type=int, default=256)
+    p.add_argument("--items", type=int, default=1024)
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
     torch.set_num_threads(1)
     with tempfile.TemporaryDirectory() as tmp:
         coco, osprey = _build(Path(tmp), "coco", args.items), _build(Path(tmp), "osprey",
                                                                      args.items // 2)
-        print(f"COCO synth {args.items} items in 16-sample shards; {args.workers} workers")
+        print(f"COCO synth {args.items} items in {SHARD}-sample shards; {args.workers} workers, "
+              f"shuffle buffer {CFG.shuffle_buffer}")
         for fraction in (0.1, 0.9):
             first, opened, total = _resume(coco, fraction, args.workers)
             print(f"resume at {fraction:.0%}: first batch after {first:.2f} s, "
                   f"the rest of the epoch opens {opened} of {total} shards")
         for interleave in (1, 4):
-            for buffer in (0, 256):
+            for buffer in (0, SHARD):
                 print(f"interleave {interleave}, shuffle buffer {buffer:3d}: "
                       f"{_shards_per_batch(coco, interleave, buffer):.2f} shards per batch of 8")
         single = _rate(ShardDataset(coco, CFG), args.workers)
