@@ -111,7 +111,9 @@ def epoch_plan(sources: Sequence[PlanSource], *, seed: int, epoch: int, interlea
     ids = _interleave(streams, rng)
     rng = np.random.default_rng([seed, epoch, 1 << 20]) if shuffle else None
     source = _interleave([np.full(len(x), i) for i, x in enumerate(streams)], rng)
-    return source, ids >> 32, ids & 0xFFFFFFFF
+    # int32: the plan is held by the main process and every worker (12 bytes a position)
+    return (source.astype(np.int32), (ids >> 32).astype(np.int32),
+            (ids & 0xFFFFFFFF).astype(np.int32))
 
 
 def split(remaining: np.ndarray, *, world_size: int, rank: int, workers: int, worker: int,
