@@ -241,13 +241,15 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     `frames_per_sample` (B,), `prompt_masks` [(n, G, G) bool], `k` [(n,) int64],
     `gt_masks_1024` / `gt_masks` [packed uint8 or (n, H, W) uint8], `orig_size` (B, 2) (H, W),
     `num_tiles` (B,), `tile_grid` (B, 2) (columns, rows) when tiling, `conversation`
-    [[{input, output}]], `task`, `kind`, `objects`, `object_index`, `texts`, `meta`,
-    `keys`, `urls`, `gt_packed`, `batch_size`, `__progress__` (B,) (each sample's position
-    in the epoch's plan), `__skipped__` [(reason, detail, corrupt)] reported by the worker.
+    [[{input, output}]], `task`, `kind`, `objects`, `object_index`, `source`, `texts`,
+    `meta`, `keys`, `urls`, `gt_packed`, `batch_size`, `__progress__` (B,) (each sample's
+    position in the epoch's plan), `__done__` (positions the worker skipped since its last
+    batch), `__skipped__` [(reason, detail, corrupt)] reported by the worker.
     """
     skipped = [x for s in samples for x in s.get("__skipped__") or ()]
+    done = [p for s in samples for p in s.get("__done__") or ()]
     real = [s for s in samples if "image" in s]
-    batch: dict[str, Any] = {"__skipped__": skipped, "batch_size": len(real),
+    batch: dict[str, Any] = {"__skipped__": skipped, "__done__": done, "batch_size": len(real),
                              "__progress__": torch.tensor([s["__progress__"] for s in real],
                                                           dtype=torch.long).reshape(-1)}
     if not real:

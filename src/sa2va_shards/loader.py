@@ -474,7 +474,7 @@ class ShardDataset(IterableDataset):
         progress = batch.get("__progress__")
         if progress is not None:
             positions = [progress] if isinstance(progress, int) else progress.tolist()
-            self._consumed_mask()[positions] = True
+            self._consumed_mask()[positions + list(batch.get("__done__") or ())] = True
         for reason, detail, corrupt in batch.get("__skipped__") or ():
             if detail in self._seen_details:
                 continue
@@ -566,7 +566,7 @@ class ShardDataset(IterableDataset):
 
     def _samples(self, positions: np.ndarray, worker: int, *,
                  in_process: bool) -> Iterator[dict[str, Any]]:
-        self._pending = []
+        self._pending, done = [], []  # skips to report; positions skipped, for the state
         raw: Iterator[dict] = self._raw_stream(positions)
         if self.cfg.shuffle:
             rng = np.random.default_rng([self.cfg.seed, self.epoch, 1, int(positions[0])
@@ -574,16 +574,21 @@ class ShardDataset(IterableDataset):
             raw = shuffled(raw, self.cfg.shuffle_buffer, rng)
         for item in raw:
             sample = self._decode(item)
-            if sample is None:
+            if sample is None:  # skipped: consumed too, so a resume does not retry it
+                done.append(item["__position__"])
                 continue
             sample["__progress__"] = item["__position__"]
             if in_process:  # the consumer has it once it is yielded
-                self._consumed_mask()[item["__position__"]] = True
-            elif self._pending:  # workers report their skips through the batches
-                sample["__skipped__"], self._pending = self._pending, []
+                self._consumed_mask()[[*done, item["__position__"]]] = True
+                done = []
+            elif self._pending or done:  # workers report skips through the batches
+                sample["__skipped__"], sample["__done__"] = self._pending, done
+                self._pending, done = [], []
             yield sample
-        if self._pending:
-            yield {"__skipped__": self._pending}  # a worker's tail report, see collate
+        if self._pending or done:
+            yield {"__skipped__": self._pending, "__done__": done}  # a worker's tail report
+        if in_process and done:
+            self._consumed_mask()[done] = True
         if in_process:
             self._end_pass(complete=True)
 

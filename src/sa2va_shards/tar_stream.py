@@ -134,21 +134,22 @@ def _tar_keys(url: str) -> list[str]:
 
 
 def shuffled(items: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
-    """Seeded buffer shuffle: once `size` items are held, each new item replaces a randomly
-    drawn one, which is yielded; the rest come out permuted at the end."""
+    """Seeded block shuffle: `size` items are collected, then yielded in a random order.
+
+    Every item leaves within `size` items of where it came in (a replacement buffer keeps a
+    few items for arbitrarily long), so the samples a stopped run had read but not delivered
+    all lie in its last block: a resume reopens only the shards of that block.
+    """
     if size <= 1:
         yield from items
         return
-    buf: list[dict] = []
+    block: list[dict] = []
     for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
-        j = int(rng.integers(size))
-        yield buf[j]
-        buf[j] = item
-    for j in rng.permutation(len(buf)):
-        yield buf[int(j)]
+        block.append(item)
+        if len(block) == size:
+            yield from (block[int(j)] for j in rng.permutation(size))
+            block = []
+    yield from (block[int(j)] for j in rng.permutation(len(block)))
 
 
 class _HashingReader:
