@@ -126,7 +126,7 @@ def _annotation_problem(a: dict, cats: dict, dups: bool) -> str | None:
     if not is_id(a.get("id")):
         return f"annotation id {a.get('id')!r} is not an int or a string"
     cat = a.get("category_id")
-    if cats and not (is_id(cat) and cat in cats):  # `in` only on hashable ids
+    if not (cat is None and not cats or is_id(cat) and (not cats or cat in cats)):
         return f"annotation {a['id']!r}: category_id {a.get('category_id')!r} is not in categories"
     if dups and duplicate_keys(a):
         return f"annotation {a['id']!r} repeats keys {list(duplicate_keys(a))}"
