@@ -194,3 +194,26 @@ def test_any_refcoco_refs_are_indexed_and_loaded_without_a_raw_exception(good_jp
             assert "no refs in split" in str(e)
             return
         _check_items(reader, items, root)
+
+
+masklet_rows = st.lists(st.integers(0, 9).flatmap(lambda i: values if i == 0 else rles),
+                        min_size=0, max_size=3)
+manuals = _record({"masklet": st.lists(st.integers(0, 9).flatmap(
+    lambda i: values if i == 0 else masklet_rows), max_size=4),
+    "masklet_id": st.one_of(st.none(), st.lists(st.integers(0, 5), max_size=3))})
+
+
+@FUZZ
+@given(manual=manuals)
+def test_any_sav_manual_json_is_loaded_without_a_raw_exception(good_jpg, manual):
+    from sa2va_shards.readers.sav import SavReader
+
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        frames = root / "JPEGImages_24fps" / "sav_000001"
+        frames.mkdir(parents=True)
+        for t in range(0, 16, 4):
+            (frames / f"{t:05d}.jpg").write_bytes(good_jpg)
+        (root / "sav_000001_manual.json").write_text(json.dumps(manual))
+        reader = SavReader(root=str(root), layout="frames")
+        _check_items(reader, reader.list_items(), root)
