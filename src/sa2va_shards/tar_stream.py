@@ -220,9 +220,8 @@ class TarStream:
     With `verify` (the default) and a build's manifests next to the shards:
     - the whole shard is hashed while it streams (no second read) and its sha256 and size are
       checked against shards.parquet at its end (`shard_mismatch`, counted; raised if strict);
-    - a sample whose key is not in samples.parquet for this shard, or repeats, or comes after
-      the manifest's count, is refused before it is served (`sample_mismatch`): an appended
-      sample is never served;
+    - a sample whose key is not in samples.parquet for this shard, or repeats, is refused
+      before it is served (`sample_mismatch`): an appended sample is never served;
     - with `verify_samples` (the default), each sample's content hash is also checked against
       samples.parquet before it is yielded, so a changed sample is refused, never served
       (every member is then read, to hash it; unwanted ones are dropped after).
@@ -230,8 +229,8 @@ class TarStream:
     Args:
         urls: shard paths/URLs (anything webdataset's gopen opens).
         owned: the shards whose errors this stream reports.
-        wanted: member suffix -> whether to keep it (with `verify` every member is read, to
-            hash it, and the unwanted are then dropped).
+        wanted: member suffix -> whether to keep it (with `verify_samples` every member is
+            read, to hash it, and the unwanted are then dropped).
         expected: shard file name -> samples the manifest recorded.
         strict: raise `CorruptDataError` instead of skipping.
         report: called with (reason, detail) for each skipped shard or sample this stream owns.
@@ -269,7 +268,7 @@ class TarStream:
             self._manifests[build] = manifest
             if problem and self.strict:
                 raise CorruptDataError(f"manifest_mismatch: {problem}")
-            if problem and self.owned:  # once per stream that owns shards
+            if problem and self.owned:  # once per stream that owns shards (per worker)
                 self.report("manifest_mismatch", problem)
         return self._manifests[build]
 
@@ -359,6 +358,7 @@ class TarStream:
                            else "its samples were served unchecked")
                 self.report("shard_mismatch", f"{url}: sha256 differs from shards.parquet "
                             f"({checked})")
+
     def _handler(self, exn: Exception) -> bool:
         if isinstance(exn, (*SYSTEM_EXCEPTIONS, CorruptDataError)):
             raise exn  # a strict-mode error passes back up through webdataset's own handlers

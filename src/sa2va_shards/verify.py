@@ -12,7 +12,15 @@ from tqdm import tqdm
 
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError
-from sa2va_shards.manifest import CARD, file_sha256, read_card, read_manifest
+from sa2va_shards.manifest import (
+    CARD,
+    REJECT_SCHEMA,
+    SAMPLE_SCHEMA,
+    SHARD_SCHEMA,
+    file_sha256,
+    read_card,
+    read_manifest,
+)
 from sa2va_shards.schema import content_hash, decode_npy, decode_sample_json
 
 __all__ = ["MANIFESTS", "VerifyReport", "verify_build"]
@@ -112,11 +120,19 @@ def _check_manifest_hashes(build_dir: Path, card: dict, report: VerifyReport) ->
 
 
 def _read_tables(build_dir: Path, report: VerifyReport) -> tuple | None:
-    try:
-        return tuple(read_manifest(build_dir, name).to_pylist() for name in MANIFESTS)
-    except ConfigError as e:
-        report.problems.append(str(e))
-        return None
+    tables = []
+    for name, schema in zip(MANIFESTS, (SAMPLE_SCHEMA, SHARD_SCHEMA, REJECT_SCHEMA), strict=True):
+        try:
+            table = read_manifest(build_dir, name)
+        except ConfigError as e:
+            report.problems.append(str(e))
+            return None
+        if not table.schema.equals(schema):  # a tampered table: its rows cannot be trusted
+            report.problems.append(f"{name}: columns are not the schema's "
+                                   f"({', '.join(table.schema.names)})")
+            return None
+        tables.append(table.to_pylist())
+    return tuple(tables)
 
 
 def _check_shard(build_dir: Path, rec: dict, rows: dict[str, dict], deep: bool, grid: int,
@@ -164,7 +180,11 @@ def verify_build(build_dir: str | Path, *, deep: bool = True,
         by_shard[s["shard"]][s["key"]] = s
     for rec in tqdm(shards, desc="verify", unit="shard", disable=not progress):
         report.shards += 1
-        _check_shard(build_dir, rec, by_shard[rec["file"]], deep, grid, size, report)
+        try:
+            _check_shard(build_dir, rec, by_shard[rec["file"]], deep, grid, size, report)
+        except (TypeError, ValueError, KeyError) as e:  # a null or odd value in a table row
+            report.problems.append(f"{rec.get('file')}: malformed manifest row: "
+                                   f"{type(e).__name__}: {e}")
     _check_counts(card["counts"], samples, rejects, report)
     return report
 

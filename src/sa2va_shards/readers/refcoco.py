@@ -28,6 +28,7 @@ from sa2va_shards.errors import ConfigError, Reason, SampleError
 from sa2va_shards.readers import _synth
 from sa2va_shards.readers._safe_pickle import safe_load
 from sa2va_shards.readers.coco import (
+    annotation_problem,
     category_names,
     image_fields,
     is_id,
@@ -208,6 +209,10 @@ def _index_refs(refs: list[tuple[int, Any]], anns: dict, cats: dict
             problems[ref["image_id"]].append(f"refs[{i}]: {problem}")
             objects[ref["image_id"]]  # noqa: B018 - the image still needs its (reject) row
             continue
+        ann = anns.get(ref["ann_id"])
+        problem = annotation_problem(ann, cats, False) if ann is not None else None
+        if problem:  # the referred annotation itself is malformed
+            problems[ref["image_id"]].append(problem)
         obj = objects[ref["image_id"]].setdefault(ref["ann_id"],
                                                   _new_object(ref["ann_id"], anns, cats))
         obj["ref_ids"].append(ref["ref_id"])
@@ -228,7 +233,8 @@ def _new_object(ann_id: Any, anns: dict, cats: dict) -> dict:
     if a is None:
         return {"id": ann_id, "missing": True, "ref_ids": [], "sentences": [], "sent_ids": []}
     return {"id": ann_id, "category_id": a.get("category_id"),
-            "category": cats.get(a.get("category_id")), "bbox": a.get("bbox"),
+            "category": cats.get(a.get("category_id")) if is_id(a.get("category_id")) else None,
+            "bbox": a.get("bbox"),
             "iscrowd": a.get("iscrowd", 0), "segmentation": a.get("segmentation"),
             "ref_ids": [], "sentences": [], "sent_ids": []}
 
