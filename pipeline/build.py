@@ -28,6 +28,7 @@ from sa2va_shards.manifest import (
     write_tables,
 )
 from sa2va_shards.plan import plan_shards
+from sa2va_shards.provenance import code_fingerprint, code_id, files_fingerprint
 from sa2va_shards.readers import get_reader
 from sa2va_shards.records import RejectRecord, ShardPlan, ShardResult
 from sa2va_shards.schema import SCHEMA_VERSION
@@ -120,7 +121,8 @@ def run_build(cfg: BuildConfig, *, address: str | None = None, num_cpus: int | N
     _check_out(cfg.out)
     items = get_reader(cfg.reader).list_items()
     fingerprint = input_fingerprint(items)
-    version = version_id(cfg, fingerprint)
+    files = files_fingerprint(cfg.reader.root, cfg.reader.fingerprint)
+    version = version_id(cfg, fingerprint, code=code_id(), files=files)
     build_dir = Path(cfg.out) / cfg.dataset / version
     t_index = time.perf_counter() - t0
     plans, plan_rejects = plan_shards(items, dataset=cfg.dataset,
@@ -128,7 +130,8 @@ def run_build(cfg: BuildConfig, *, address: str | None = None, num_cpus: int | N
     del items  # the plans hold what the tasks need
     try:
         with _build_lock(build_dir):
-            return _build_locked(cfg, plans, plan_rejects, fingerprint, version, build_dir,
+            return _build_locked(cfg, plans, plan_rejects, (fingerprint, files), version,
+                                 build_dir,
                                  t0, t_index, runner=runner, resume=resume, progress=progress,
                                  opts=({"address": address, "num_cpus": num_cpus,
                                         "cpus_per_task": cpus_per_task}
@@ -138,7 +141,8 @@ def run_build(cfg: BuildConfig, *, address: str | None = None, num_cpus: int | N
 
 
 def _build_locked(cfg: BuildConfig, plans: list[ShardPlan], plan_rejects: list[RejectRecord],
-                  fingerprint: str, version: str, build_dir: Path, t0: float, t_index: float,
+                  fingerprints: tuple[str, str], version: str, build_dir: Path, t0: float,
+                  t_index: float,
                   *, runner: str, resume: bool, progress: bool, opts: dict) -> BuildResult:
     if (build_dir / CARD).exists():
         if (build_dir / COMMITTING).exists():  # crashed after the card, before `latest`
@@ -154,6 +158,7 @@ def _build_locked(cfg: BuildConfig, plans: list[ShardPlan], plan_rejects: list[R
     results += run(process_shard, todo, progress=progress, cfg=cfg, build_dir=str(build_dir),
                    **opts)
     t_shards = time.perf_counter() - t0 - t_index
+    _check_code(results)
     counts = count_summary(results, plan_rejects)
     _check_counts(counts)
     manifests = write_tables(build_dir, results, plan_rejects)
@@ -162,7 +167,7 @@ def _build_locked(cfg: BuildConfig, plans: list[ShardPlan], plan_rejects: list[R
                "samples_per_s": round(counts["read"] / max(t_shards, 1e-9), 2),
                "max_worker_rss_mb": round(max((r.max_rss_mb for r in results), default=0), 1)}
     parent = read_latest(build_dir.parent)
-    card = _card(cfg, version, fingerprint, counts, timings, runner, len(done), parent)
+    card = _card(cfg, version, fingerprints, counts, timings, runner, len(done), parent)
     (build_dir / COMMITTING).touch()
     write_card(build_dir, {**card, "manifests": manifests})
     _finish_commit(build_dir, version)  # only now: the build is complete
@@ -170,8 +175,18 @@ def _build_locked(cfg: BuildConfig, plans: list[ShardPlan], plan_rejects: list[R
                        resumed_shards=len(done), timings=timings)
 
 
-def _card(cfg: BuildConfig, version: str, fingerprint: str, counts: dict, timings: dict,
-          runner: str, resumed: int, parent: str | None) -> dict:
+def _check_code(results: list[ShardResult]) -> None:
+    """Every shard was written by this code: a cluster worker running another package or
+    codec version would give the version bytes its id does not describe."""
+    other = sorted({r.shard.file for r in results if r.shard.code != code_id()})
+    if other:
+        raise ConfigError(f"{len(other)} shard(s) ({', '.join(other[:3])}...) were written by "
+                          f"code other than this driver's ({code_id()}): install the same "
+                          "package and libraries on every node, then rebuild")
+
+
+def _card(cfg: BuildConfig, version: str, fingerprints: tuple[str, str], counts: dict,
+          timings: dict, runner: str, resumed: int, parent: str | None) -> dict:
     return {
         "dataset": cfg.dataset,
         "version": version,
@@ -179,8 +194,10 @@ def _card(cfg: BuildConfig, version: str, fingerprint: str, counts: dict, timing
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         "code_version": __version__,
+        "code": code_fingerprint(),
         "config": cfg.to_dict(),
-        "input_fingerprint": fingerprint,
+        "input_fingerprint": fingerprints[0],
+        "files_fingerprint": fingerprints[1],
         "preprocessing": {
             "image_size": cfg.image.size,
             "grid": cfg.vision.grid,

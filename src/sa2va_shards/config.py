@@ -102,6 +102,10 @@ class ReaderConfig:
     format: str
     root: str
     options: dict[str, Any] = field(default_factory=dict)
+    #: how the input files enter the version id: `stat` (path, size, modification time of
+    #: every file under root: cheap; a copy without times is a new id) or `content` (their
+    #: bytes: reads the dataset once more, and the id survives copies).
+    fingerprint: Literal["stat", "content"] = "stat"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -14,6 +14,7 @@ from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.manifest import (
     CARD,
+    LEGACY_SHARD_SCHEMA,
     REJECT_SCHEMA,
     SAMPLE_SCHEMA,
     SHARD_SCHEMA,
@@ -127,7 +128,8 @@ def _read_tables(build_dir: Path, report: VerifyReport) -> tuple | None:
         except ConfigError as e:
             report.problems.append(str(e))
             return None
-        if not table.schema.equals(schema):  # a tampered table: its rows cannot be trusted
+        legacy = schema is SHARD_SCHEMA and table.schema.equals(LEGACY_SHARD_SCHEMA)
+        if not (table.schema.equals(schema) or legacy):  # tampered: rows cannot be trusted
             report.problems.append(f"{name}: columns are not the schema's "
                                    f"({', '.join(table.schema.names)})")
             return None
@@ -186,7 +188,19 @@ def verify_build(build_dir: str | Path, *, deep: bool = True,
             report.problems.append(f"{rec.get('file')}: malformed manifest row: "
                                    f"{type(e).__name__}: {e}")
     _check_counts(card["counts"], samples, rejects, report)
+    _check_code(card, shards, report)
     return report
+
+
+def _check_code(card: dict, shards: list[dict], report: VerifyReport) -> None:
+    """Every shard was written by the code the card names (a version is one code's bytes)."""
+    want = (card.get("code") or {}).get("id")
+    if want is None:  # a build from before shards recorded their code
+        return
+    for rec in shards:
+        if rec.get("code") != want:
+            report.problems.append(f"{rec.get('file')}: written by code {rec.get('code')!r}, "
+                                   f"the card's is {want!r} (a version mixing two codes)")
 
 
 def _check_counts(counts: dict, samples: list, rejects: list, report: VerifyReport) -> None:
