@@ -36,6 +36,8 @@ class Reason(str, Enum):
     CORRUPT_ARCHIVE = "corrupt_archive"
     #: an annotation over its budget (a pickle that expands, a masklet too large).
     ANNOTATION_TOO_LARGE = "annotation_too_large"
+    #: a dialogue element (Osprey) without one complete question/answer pair: nothing to train.
+    NO_DIALOGUE = "no_dialogue"
     UNEXPECTED = "unexpected_error"
 
 

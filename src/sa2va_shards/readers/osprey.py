@@ -45,7 +45,7 @@ COCO_IMAGE_DIRS: tuple[str, ...] = (
 #: `fault_<kind>.jpg`).
 OSPREY_FAULTS: tuple[str, ...] = (
     "missing_image", "corrupt_image", "size_mismatch", "bad_rle", "bad_polygon", "no_objects",
-    "bad_record", "empty_mask",
+    "bad_record", "empty_mask", "question_only", "answer_only",
 )
 #: digits of the list index in a source id (the largest file has ~200k elements).
 _INDEX_DIGITS = 7
@@ -186,7 +186,24 @@ def _item(source_id: str, file: str, i: int, rec: Any, dups: bool) -> ItemRef:
     if dups and duplicate_keys(rec):
         return bad_item(source_id, Reason.BAD_ANNOTATION,
                         f"{file}[{i}]: repeats keys {list(duplicate_keys(rec))}")
+    if "conversations" in rec and (problem := _dialogue_problem(rec["conversations"])):
+        return bad_item(source_id, problem[0], f"{file}[{i}]: {problem[1]}")
     return ItemRef(source_id=source_id, data={"file": file, "index": i, "record": _compact(rec)})
+
+
+def _dialogue_problem(turns: Any) -> tuple[Reason, str] | None:
+    """Why a stored dialogue cannot be trained on, or None. Osprey's own loader skips
+    elements with fewer than two turns; Sa2VA's pairs a human turn with the next answer, so
+    an element needs a human turn followed by a gpt turn (leading answers are skipped)."""
+    if not isinstance(turns, list) or not all(
+            isinstance(t, dict) and t.get("from") in ("human", "gpt")
+            and isinstance(t.get("value"), str) for t in turns):
+        return Reason.BAD_ANNOTATION, "conversations must be a list of {from: human|gpt, value}"
+    roles = [t["from"] for t in turns]
+    if "human" not in roles or "gpt" not in roles[roles.index("human"):]:
+        return Reason.NO_DIALOGUE, (f"conversations {roles[:4]} hold no question followed by "
+                                    "an answer")
+    return None
 
 
 def _parse_record(rec: Any, where: str) -> tuple[str, int, int, list[dict]]:
@@ -287,4 +304,7 @@ def _synth_fault(out_dir: Path, rng: np.random.Generator, fault: str) -> dict:
             "annotation": regions, **_texts("osprey_conversation", max(len(regions), 1), rng)}
     if fault == "bad_record":
         del elem["height"]
+    elif fault in ("question_only", "answer_only"):  # no complete turn pair
+        elem["conversations"] = elem["conversations"][:1] if fault == "question_only" else \
+            elem["conversations"][1:2]
     return elem
