@@ -38,6 +38,9 @@ class Reason(str, Enum):
     ANNOTATION_TOO_LARGE = "annotation_too_large"
     #: a dialogue element (Osprey) without one complete question/answer pair: nothing to train.
     NO_DIALOGUE = "no_dialogue"
+    #: a record in a published layout the reader does not read as such (Describe-Anything's
+    #: per-frame video records: which frame their masks annotate is unverified).
+    UNSUPPORTED_LAYOUT = "unsupported_layout"
     UNEXPECTED = "unexpected_error"
 
 
