@@ -221,3 +221,20 @@ def test_repeated_keys_reject_only_the_videos_they_touch(synth, tmp_path):
     bad = {i.source_id: i.data.get("_bad_item") for i in items}
     assert bad["vid_0000"]["reason"] == "bad_annotation" and "repeated" in bad["vid_0000"]["detail"]
     assert bad["vid_0001"] is None and bad["vid_0002"] is None
+
+
+def test_ref_youtube_vos_copies_of_one_object_must_agree(synth, tmp_path):
+    raw = synth("refytvos", n_items=2, seed=3)
+    root = tmp_path / "raw"
+    shutil.copytree(raw, root)
+    with open(root / "mask_dict.pkl", "rb") as f:
+        masks = pickle.load(f)  # our own synth file
+    # vid_0000 (first in sorted order): expressions 0 and 2 both refer to obj_id 1 -> ids 0, 2
+    masks["2"][0] = None
+    with open(root / "mask_dict.pkl", "wb") as f:
+        pickle.dump(masks, f)
+    items = {i.source_id: i for i in get_reader(make_config(root, tmp_path,
+                                                            fmt="refytvos").reader).list_items()}
+    bad = items["vid_0000"].data["_bad_item"]
+    assert bad["reason"] == "bad_annotation" and "differ" in bad["detail"]
+    assert items["vid_0001"].data["objects"][0]["mask_ids"] == ["6"]  # counted on, unchanged
