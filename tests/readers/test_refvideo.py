@@ -238,3 +238,15 @@ def test_ref_youtube_vos_copies_of_one_object_must_agree(synth, tmp_path):
     bad = items["vid_0000"].data["_bad_item"]
     assert bad["reason"] == "bad_annotation" and "differ" in bad["detail"]
     assert items["vid_0001"].data["objects"][0]["mask_ids"] == ["6"]  # counted on, unchanged
+
+
+def test_a_mask_pickle_keyed_by_int_reads_as_its_text_ids(synth, tmp_path):
+    raw = synth("refytvos", n_items=2, seed=3)
+    root = tmp_path / "raw"
+    shutil.copytree(raw, root)
+    with open(root / "mask_dict.pkl", "rb") as f:
+        masks = pickle.load(f)
+    with open(root / "mask_dict.pkl", "wb") as f:
+        pickle.dump({int(k): v for k, v in masks.items()}, f)
+    cfg = make_config(root, tmp_path, fmt="refytvos").reader
+    assert get_reader(cfg).list_items() == get_reader(replace(cfg, root=str(raw))).list_items()

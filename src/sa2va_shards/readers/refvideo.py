@@ -127,6 +127,8 @@ class _RefVideoReader:
         except (OSError, ValueError) as e:
             raise ConfigError(f"{path}: cannot read the expression file: {e}") from e
         videos = doc.get("videos") if isinstance(doc, dict) else None
+        if "videos" in getattr(doc, "duplicates", ()):
+            raise ConfigError(f"{path}: the key 'videos' is repeated; which one holds the set?")
         if not isinstance(videos, dict):
             raise ConfigError(f"{path}: expected {{'videos': {{video: ...}}}}")
         return videos
@@ -146,7 +148,13 @@ class _RefVideoReader:
             raise ConfigError(f"{path}: {e.reason.value}: {e.detail}") from e
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: expected an object of mask ids, got {type(doc).__name__}")
-        return doc
+        if all(isinstance(k, str) for k in doc):
+            return doc
+        # a pickle may key by int: ids are compared as text, so 7 and "7" would be one id
+        keyed = {str(k): v for k, v in doc.items()}
+        if len(keyed) != len(doc):
+            raise ConfigError(f"{path}: mask ids repeat once written as text (7 and '7')")
+        return keyed
 
     def _item(self, vid: str, entry: Any, masks: dict, counted: list | None,
               repeated: set) -> ItemRef:
