@@ -91,3 +91,6 @@ def test_png_layout_without_annotations_is_a_config_error(tmp_path):
     cfg = make_config(tmp_path, tmp_path, fmt="sav")
     with pytest.raises(ConfigError, match="Annotations_6fps"):
         get_reader(replace(cfg.reader, options={"layout": "png"})).list_items()
+    with pytest.raises(ConfigError, match="expressions"):
+        get_reader(replace(cfg.reader, options={"layout": "png", "expressions": "x.json"})
+                   ).list_items()

@@ -45,6 +45,8 @@ def _names(path: Path) -> list[str]:
 def list_png_items(reader: SavReader) -> list[ItemRef]:
     """One item per video folder under `annotations_dir` (or per id in `video_list`): its
     objects and annotated frame names, from the listing alone."""
+    if reader.expressions is not None:  # Ref-SAV captions index the train masklet columns
+        raise ConfigError("sav layout png (val / test) takes no Ref-SAV `expressions`")
     base = Path(reader.root) / reader.annotations_dir
     if not base.is_dir():
         raise ConfigError(f"{base}: SA-V annotation folder not found (check reader.root and "
