@@ -29,7 +29,7 @@ from sa2va_shards.manifest import (
 )
 from sa2va_shards.plan import plan_shards
 from sa2va_shards.readers import get_reader
-from sa2va_shards.records import ShardResult
+from sa2va_shards.records import RejectRecord, ShardPlan, ShardResult
 from sa2va_shards.schema import SCHEMA_VERSION
 from sa2va_shards.shard import process_shard
 from sa2va_shards.versions import read_latest, set_latest
@@ -122,10 +122,14 @@ def run_build(cfg: BuildConfig, *, address: str | None = None, num_cpus: int | N
     fingerprint = input_fingerprint(items)
     version = version_id(cfg, fingerprint)
     build_dir = Path(cfg.out) / cfg.dataset / version
+    t_index = time.perf_counter() - t0
+    plans, plan_rejects = plan_shards(items, dataset=cfg.dataset,
+                                      samples_per_shard=cfg.shards.samples_per_shard)
+    del items  # the plans hold what the tasks need
     try:
         with _build_lock(build_dir):
-            return _build_locked(cfg, items, fingerprint, version, build_dir, t0,
-                                 runner=runner, resume=resume, progress=progress,
+            return _build_locked(cfg, plans, plan_rejects, fingerprint, version, build_dir,
+                                 t0, t_index, runner=runner, resume=resume, progress=progress,
                                  opts=({"address": address, "num_cpus": num_cpus,
                                         "cpus_per_task": cpus_per_task}
                                        if runner == "ray" else {}))
@@ -133,18 +137,14 @@ def run_build(cfg: BuildConfig, *, address: str | None = None, num_cpus: int | N
         raise ConfigError(f"out: cannot write {build_dir}: {type(e).__name__}: {e}") from e
 
 
-def _build_locked(cfg: BuildConfig, items: list, fingerprint: str, version: str,
-                  build_dir: Path, t0: float, *, runner: str, resume: bool, progress: bool,
-                  opts: dict) -> BuildResult:
+def _build_locked(cfg: BuildConfig, plans: list[ShardPlan], plan_rejects: list[RejectRecord],
+                  fingerprint: str, version: str, build_dir: Path, t0: float, t_index: float,
+                  *, runner: str, resume: bool, progress: bool, opts: dict) -> BuildResult:
     if (build_dir / CARD).exists():
         if (build_dir / COMMITTING).exists():  # crashed after the card, before `latest`
             _finish_commit(build_dir, version)
         return BuildResult(build_dir=build_dir, version=version, reused=True,
                            counts=read_card(build_dir)["counts"])
-    t_index = time.perf_counter() - t0
-    plans, plan_rejects = plan_shards(items, dataset=cfg.dataset,
-                                      samples_per_shard=cfg.shards.samples_per_shard)
-    del items  # the plans hold what the tasks need
     (build_dir / "shards").mkdir(parents=True, exist_ok=True)
     _clean_partial(build_dir)
     done = {p.name: r for p in plans if resume and (r := load_progress(build_dir, p.name))}

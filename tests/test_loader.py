@@ -8,6 +8,7 @@ import re
 import shutil
 import tarfile
 import warnings
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -65,11 +66,31 @@ def _keys(loader) -> list[str]:
 @pytest.mark.parametrize("world", [1, 2, 3])
 @pytest.mark.parametrize("workers", [0, 1, 2, 3, 4])
 def test_every_key_exactly_once_for_any_ranks_and_workers(build, all_keys, world, workers):
-    seen = []
+    seen, per_rank = [], []
+    for rank in range(world):
+        ds = ShardDataset(build, replace(LIGHT, even_ranks=False), rank=rank, world_size=world)
+        keys = _keys(ShardLoader(ds, batch_size=2, num_workers=workers))
+        seen += keys
+        per_rank.append(len(keys))
+    assert sorted(seen) == sorted(all_keys)
+    assert max(per_rank) - min(per_rank) <= 1
+
+
+@pytest.mark.parametrize("world", [2, 3, 4])
+@pytest.mark.parametrize("workers", [0, 2])
+def test_even_ranks_serve_equal_counts_and_leave_out_under_world_size(build, all_keys, world,
+                                                                      workers):
+    seen, lengths = [], set()
     for rank in range(world):
         ds = ShardDataset(build, LIGHT, rank=rank, world_size=world)
-        seen += _keys(ShardLoader(ds, batch_size=2, num_workers=workers))
-    assert sorted(seen) == sorted(all_keys)
+        loader = ShardLoader(ds, batch_size=2, num_workers=workers)
+        keys = _keys(loader)
+        assert len(keys) == len(ds) == len(all_keys) // world  # announced = served
+        assert len(loader) == sum(-(-len(p) // 2) for p in np.array_split(keys, max(1, workers)))
+        seen += keys
+        lengths.add(len(keys))
+    assert len(lengths) == 1 and len(set(seen)) == len(seen)
+    assert len(all_keys) - len(seen) == len(all_keys) % world < world
 
 
 def test_a_dataset_directory_reads_its_latest_version(build, all_keys):
@@ -98,9 +119,6 @@ def test_shuffle_is_seeded_and_changes_per_epoch(build, all_keys):
 def test_resume_mid_epoch_yields_exactly_the_unseen_samples(build, all_keys, workers):
     rng = np.random.default_rng(workers)
     cfg = LoaderConfig(gt_masks="none", seed=7, shuffle_buffer=3)
-    full = ShardDataset(build, cfg)
-    full.set_epoch(2)
-    full_keys = _keys(ShardLoader(full, batch_size=2, num_workers=workers))
     for stop in rng.integers(1, len(all_keys) // 2, size=2):
         ds = ShardDataset(build, cfg)
         ds.set_epoch(2)
@@ -112,29 +130,63 @@ def test_resume_mid_epoch_yields_exactly_the_unseen_samples(build, all_keys, wor
         state = json.loads(json.dumps(loader.state_dict()))  # JSON-able, as saved
         fresh = ShardDataset(build, cfg)
         fresh.load_state_dict(state)
+        assert len(fresh) == len(all_keys) - len(head)
         tail = _keys(ShardLoader(fresh, batch_size=2, num_workers=workers))
         assert not set(head) & set(tail)
         assert sorted(head + tail) == sorted(all_keys)
-        if workers == 0:  # one stream: the restored run continues the very same order
-            assert head + tail == full_keys
-        assert fresh.state_dict()["positions"] == full.state_dict()["positions"]
+        assert fresh.state_dict()["consumed"] == []  # the epoch was served to its end
         again = _keys(ShardLoader(fresh, batch_size=2, num_workers=workers))
         assert sorted(again) == sorted(all_keys)  # the state applied to one pass only
 
 
-def test_resume_refuses_another_layout(build):
+def _run_ranks(build, cfg, world, workers, *, stop=None, state=None):
+    """Keys each rank receives (stopping after `stop` batches), and each rank's state."""
+    keys, states = [], []
+    for rank in range(world):
+        ds = ShardDataset(build, cfg, rank=rank, world_size=world)
+        if state is not None:
+            ds.load_state_dict(state)
+        loader, got = ShardLoader(ds, batch_size=2, num_workers=workers), []
+        for step, batch in enumerate(loader):
+            got += batch["keys"]
+            if stop is not None and step + 1 == stop:
+                break
+        keys.append(got)
+        states.append(json.loads(json.dumps(loader.state_dict())))
+    return keys, states
+
+
+@pytest.mark.parametrize("before,after", [((2, 2), (1, 0)), ((1, 2), (3, 1)),
+                                          ((3, 0), (2, 2)), ((2, 1), (4, 3))])
+def test_resume_on_another_cluster_shape_serves_exactly_the_rest(build, all_keys, before,
+                                                                 after):
+    cfg = LoaderConfig(gt_masks="none", seed=3, shuffle_buffer=3, even_ranks=False)
+    heads, states = _run_ranks(build, cfg, *before, stop=1)
+    merged = ShardDataset.merge_states(states)
+    tails, _ = _run_ranks(build, cfg, *after, state=merged)
+    head = [k for h in heads for k in h]
+    tail = [k for t in tails for k in t]
+    assert len(set(tail)) == len(tail) and not set(head) & set(tail)
+    assert sorted(head + tail) == sorted(all_keys)
+
+
+def test_resume_refuses_what_it_cannot_honour(build):
     ds = ShardDataset(build, LIGHT, rank=0, world_size=2)
     next(iter(ds))
     state = ds.state_dict()
-    with pytest.raises(ValueError, match="world_size"):
-        ShardDataset(build, LIGHT, rank=0, world_size=1).load_state_dict(state)
-    with pytest.raises(ValueError, match="seed"):
-        ShardDataset(build, LoaderConfig(gt_masks="none", shuffle_buffer=4, seed=1), rank=0,
-                     world_size=2).load_state_dict(state)
-    other = ShardDataset(build, LIGHT, rank=0, world_size=2)
-    other.load_state_dict(state)
-    with pytest.raises(ValueError, match="workers"):
-        _keys(ShardLoader(other, batch_size=2, num_workers=2))
+    with pytest.raises(ValueError, match=r"ranks \[0\] of 2.*merge"):
+        ShardDataset(build, LIGHT).load_state_dict(state)
+    one = ShardDataset(build, LIGHT)
+    next(iter(one))
+    with pytest.raises(ValueError, match="another plan"):
+        ShardDataset(build, replace(LIGHT, seed=1)).load_state_dict(one.state_dict())
+    with pytest.raises(ValueError, match="another plan"):
+        ShardDataset(build, replace(LIGHT, interleave=2)).load_state_dict(one.state_dict())
+    with pytest.raises(ValueError, match="format"):
+        ShardDataset(build, LIGHT).load_state_dict({**one.state_dict(), "format": 1})
+    # another shuffle buffer, worker count or world size is fine: the state is positions
+    ShardDataset(build, replace(LIGHT, shuffle_buffer=9), world_size=3).load_state_dict(
+        one.state_dict())
 
 
 # -- contents -----------------------------------------------------------------------------------

@@ -228,7 +228,7 @@ def _views(flat: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tens
 
 _TENSOR_FIELDS = ("prompt_masks", "k", "gt_masks_1024", "gt_masks")
 _LIST_FIELDS = (*_TENSOR_FIELDS, "conversation", "task", "kind", "objects", "object_index",
-                "texts", "meta")
+                "source", "texts", "meta")
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -242,14 +242,14 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     `gt_masks_1024` / `gt_masks` [packed uint8 or (n, H, W) uint8], `orig_size` (B, 2) (H, W),
     `num_tiles` (B,), `tile_grid` (B, 2) (columns, rows) when tiling, `conversation`
     [[{input, output}]], `task`, `kind`, `objects`, `object_index`, `texts`, `meta`,
-    `keys`, `urls`, `gt_packed`, `batch_size`, `__progress__` (B, 3) (worker, workers,
-    position), `__skipped__` [(reason, detail, corrupt)] reported by the worker.
+    `keys`, `urls`, `gt_packed`, `batch_size`, `__progress__` (B,) (each sample's position
+    in the epoch's plan), `__skipped__` [(reason, detail, corrupt)] reported by the worker.
     """
     skipped = [x for s in samples for x in s.get("__skipped__") or ()]
     real = [s for s in samples if "image" in s]
     batch: dict[str, Any] = {"__skipped__": skipped, "batch_size": len(real),
                              "__progress__": torch.tensor([s["__progress__"] for s in real],
-                                                          dtype=torch.long).reshape(-1, 3)}
+                                                          dtype=torch.long).reshape(-1)}
     if not real:
         return batch
     hwc = default_collate([f for s in real for f in s["image"]])  # (sum_T, S, S, 3)

@@ -1,51 +1,51 @@
-"""Streaming loader over a build's shards: split, shuffle, resume, skip bad data.
+"""Streaming loader over one build or a mixture of builds: plan, split, resume, skip bad data.
 
-Order of one epoch, for one rank and DataLoader worker (a *slot*; slot = rank * workers + id):
+One epoch, as every rank and DataLoader worker sees it:
 
-1. The shard list is permuted with (seed, epoch).
-2. Split: with at least as many shards as slots (world_size * workers), slot s reads shards
-   s, s + slots, s + 2 slots, ... of the permuted list. With fewer shards than slots, every slot
-   reads every shard and keeps raw samples s, s + slots, ... of the concatenated stream
-   (sample-level striding: tiny builds still use every worker, at the cost of each slot
-   reading all bytes, which is small by definition). Either way each sample lands in exactly
-   one slot.
-3. A shuffle buffer seeded with (seed, epoch, slot) reorders the slot's raw (undecoded) samples.
-4. Samples are decoded (`samples.decode_sample`, per-sample choices seeded with
-   (seed, epoch, key)); a sample that fails is skipped, counted and warned about.
+1. The epoch's plan (`epoch.epoch_plan`): a list of positions, each naming one sample (source,
+   shard, item). It depends on the sources, their repeats/weights, the seed and the epoch, never
+   on ranks or workers. Each source's shards are permuted and merged `interleave` at a time;
+   the sources are spread over the epoch by a seeded permutation with exact counts.
+2. Split (`epoch.split`): the positions not yet consumed, one contiguous block per rank
+   (equal blocks by default, so DDP ranks step together), one piece per worker.
+3. A worker streams the shards its positions name, each front to back, a few at once, and
+   skips (reads, never decodes) the samples that are not its own; a shard is closed after its
+   last position. A shuffle buffer reorders the raw samples.
+4. Samples are decoded with their source's options (`samples.decode_sample`, choices seeded
+   with (seed, epoch, position)) and, with an encoder, tokenized; a sample that fails is
+   skipped, counted and reported.
 
-So a slot's stream is a pure function of (shards, seed, epoch, world size, workers). Every
-sample carries `__progress__` = (worker, workers, position in its slot's stream); the consumer
-(`ShardDataset.observe`, called by `ShardLoader` for every batch the training loop receives)
-keeps the next position per worker, and that small dict is the resume state: a restored
-dataset replays each slot's raw stream (bytes only, nothing decoded) up to its position.
+Every sample carries `__progress__` = its position; the consumer (`ShardDataset.observe`,
+called by `ShardLoader` for every batch the training loop receives) marks it consumed, and the
+consumed positions (as ranges) are the resume state: a restore on any number of ranks and
+workers removes them from the plan and splits the rest. Nothing is replayed: a resumed worker
+opens only the shards that still hold its positions.
 
-Training loop (one process per rank; the state is per rank)::
+Training loop (one process per rank)::
 
-    ds = ShardDataset(build_dir, LoaderConfig(task="mixed", max_objects=5), rank=r, world_size=w)
+    ds = ShardDataset(build_dir_or_mixture, LoaderConfig(task="mixed", max_objects=5),
+                      rank=r, world_size=w)
     loader = ShardLoader(ds, batch_size=8, num_workers=4, device="cuda")
-    if ckpt:                                  # same seed, shards, world size and workers
+    if ckpt:                                  # any world size and worker count
         loader.load_state_dict(ckpt["loader"])
     for epoch in range(ds.epoch, epochs):
         if epoch != ds.epoch:
             loader.set_epoch(epoch)           # new order; drops the resume position
         for batch in loader:                  # resumes mid-epoch after load_state_dict
             step(batch)
-            if time_to_save:
-                save({"model": ..., "loader": loader.state_dict()})   # JSON-able dict
-
-Ranks may get a few samples more or fewer than each other (whole shards, or a stride, per
-slot); no sample is dropped or repeated, so a DDP loop should stop the epoch together (e.g.
-`torch.distributed.algorithms.Join`, or a fixed step count) rather than assume equal lengths.
+            if time_to_save:                  # with torch.distributed initialised the state
+                save({"model": ..., "loader": loader.state_dict()})   # holds every rank
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 import warnings
 from collections import Counter
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 from typing import Any, Literal
@@ -57,8 +57,10 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from sa2va_shards.config import VisionConfig
 from sa2va_shards.device import collate, to_device
 from sa2va_shards.encode import EncodeError, Encoder
+from sa2va_shards.epoch import PlanSource, epoch_plan, from_ranges, source_counts, split, to_ranges
 from sa2va_shards.errors import SYSTEM_EXCEPTIONS, ConfigError
 from sa2va_shards.manifest import CARD
+from sa2va_shards.mixture import MixSource, Mixture, load_mixture
 from sa2va_shards.sa2va import collate_sa2va, encode_sample, model_inputs
 from sa2va_shards.samples import (
     TASKS,
@@ -75,6 +77,7 @@ from sa2va_shards.tar_stream import (
     TarStream,
     read_build,
     resolve_source,
+    shard_keys,
     shuffled,
 )
 
@@ -93,7 +96,7 @@ log = logging.getLogger(__name__)
 
 Task = Literal["mask_to_caption", "caption_to_mask", "mixed"]
 GtMasks = Literal["none", "1024", "full", "both"]
-_STATE_FORMAT = 1
+_STATE_FORMAT = 2
 #: skip reasons that are a policy, not corruption (reported once per pass, never raised).
 QUIET_REASONS = frozenset({"no_usable_objects", "task_not_served", "too_long"})
 
@@ -133,6 +136,12 @@ class LoaderConfig:
     shuffle: bool = True
     #: raw samples held for shuffling per worker (~150-400 KB each).
     shuffle_buffer: int = 256
+    #: shards of a source merged at a time in the epoch's order (each still read front to
+    #: back): a worker streams this many at once, so a batch mixes more shards.
+    interleave: int = 4
+    #: every rank gets the same number of samples per pass (DDP steps in lockstep); at most
+    #: world_size - 1 samples of the epoch's tail are left out. False: ranks differ by <= 1.
+    even_ranks: bool = True
     #: raise `CorruptDataError` on a bad shard or sample instead of skipping it.
     strict: bool = False
     #: check RLE strings (size, run totals) before pycocotools decodes them.
@@ -159,6 +168,8 @@ class LoaderConfig:
             raise ValueError(f"max_objects must be >= 1 or None, got {self.max_objects}")
         if self.max_tiles < 0 or self.shuffle_buffer < 0 or self.video_targets < 0:
             raise ValueError("max_tiles, shuffle_buffer and video_targets must be >= 0")
+        if self.interleave < 1:
+            raise ValueError(f"interleave must be >= 1, got {self.interleave}")
         if self.frames is not None and self.frames < 1:
             raise ValueError(f"frames must be >= 1 or None, got {self.frames}")
 
@@ -204,77 +215,153 @@ def _dist(rank: int | None, world_size: int | None) -> tuple[int, int]:
     return rank, world_size
 
 
-def _key_int(key: str) -> int:
-    return int.from_bytes(hashlib.blake2b(key.encode(), digest_size=8).digest(), "little")
+def _rank_consumed_check(state: dict[str, Any]) -> str | None:
+    ranks, world = state.get("ranks") or [], int(state.get("world_size") or 1)
+    if sorted(ranks) != list(range(world)):
+        return (f"the state holds the progress of ranks {sorted(ranks)} of {world}: merge every "
+                "rank's state (ShardDataset.merge_states), or save with torch.distributed "
+                "initialised (state_dict then gathers all ranks)")
+    return None
+
+
+@dataclass
+class _Source:
+    """A source at run time: its shards, their keys, its card and its LoaderConfig."""
+
+    name: str
+    urls: list[str]
+    keys: list[list[str]]
+    card: dict[str, Any]
+    counts: dict[str, int]
+    cfg: LoaderConfig
+    passes: float | None
+    weight: float | None
+    first_shard: int = 0
+
+
+class _Cursor:
+    """Reads one shard front to back and hands out the samples asked for, in tar order; a
+    request behind the read position (the shard again, in a later pass) reopens it."""
+
+    def __init__(self, open_stream: Callable[[], Iterator[dict]], keys: list[str]) -> None:
+        self.open_stream, self.keys = open_stream, keys
+        self.index = {k: i for i, k in enumerate(keys)}
+        self.it: Iterator[dict] | None = None
+        self.ahead: dict | None = None  # a sample read past a missing one
+        self.pos, self.exhausted = -1, False
+
+    def get(self, item: int) -> dict | None:
+        if self.it is None or item <= self.pos:
+            self.close()
+            self.it, self.ahead, self.pos = iter(self.open_stream()), None, -1
+            self.exhausted = False
+        while not self.exhausted:
+            raw = self.ahead if self.ahead is not None else next(self.it, None)
+            self.ahead = None
+            if raw is None:
+                self.exhausted = True  # a short or damaged shard: reported by its stream
+                break
+            at = self.index.get(str(raw.get("__key__")), -1)
+            if at > item:  # the wanted sample is missing (refused, damaged shard)
+                self.ahead, self.pos = raw, item
+                return None
+            if at == item:
+                self.pos = item
+                return raw
+        self.pos = item
+        return None
+
+    def finish(self) -> None:
+        """Done with the shard: when its last sample was reached, read it to the end so the
+        stream's end-of-shard checks (count, sha256) run; then close it."""
+        if self.it is not None and not self.exhausted and self.pos >= len(self.keys) - 1:
+            for _ in self.it:
+                pass
+        self.close()
+
+    def close(self) -> None:
+        close = getattr(self.it, "close", None)
+        if close is not None:
+            close()
+        self.it = None
 
 
 class ShardDataset(IterableDataset):
-    """Iterable over a build's samples; see the module docstring for order and resume.
+    """Iterable over one build's samples, or a mixture of builds (module docstring).
 
     Args:
-        source: a build directory (dataset.json + shards.parquet), a folder of .tar shards,
-            a brace pattern, or a list of shard paths/URLs.
-        cfg: what to serve and what the build must match.
+        source: a build directory (dataset.json + shards.parquet), a dataset folder (its
+            `latest`), a folder of .tar shards, a brace pattern, a list of shard paths/URLs,
+            or a `mixture.Mixture` (or the path of its YAML, ending in .yaml / .yml).
+        cfg: what to serve and what every build must match (a mixture source may override
+            `mixture.SOURCE_OPTIONS` for itself).
         rank, world_size: this process's place among data-parallel ranks; default from
             torch.distributed when initialised, else 0 and 1.
         encoder: tokenizes each sample's conversation (`encode.Encoder`); with it, samples
             carry `input_ids` / `labels` and `ShardLoader` yields Sa2VA's model input dict
             (`sa2va.model_inputs`). Needs full-resolution GT masks (`gt_masks='full'`).
+        samples_per_epoch: an epoch of exactly this many samples over all ranks (the
+            sources' repeats/weights give the proportions; a source shorter than its share is
+            drawn again in a new order): the epoch-free mode, for a fixed step count.
 
     Raises:
-        ConfigError: the build's preprocessing does not match `cfg`, the build cannot serve
-            `cfg.task`, or no dataset.json was found and `cfg.strict`.
+        ConfigError: a build's preprocessing does not match, a build cannot serve its task,
+            a bad mixture, or no dataset.json was found and `cfg.strict`.
     """
 
-    def __init__(self, source: str | Path | Sequence[str | Path],
-                 cfg: LoaderConfig | None = None, *, rank: int | None = None,
-                 world_size: int | None = None, encoder: Encoder | None = None) -> None:
+    def __init__(self, source: Any, cfg: LoaderConfig | None = None, *,
+                 rank: int | None = None, world_size: int | None = None,
+                 encoder: Encoder | None = None, samples_per_epoch: int | None = None) -> None:
         super().__init__()
         self.cfg = cfg or LoaderConfig()
         self.encoder = encoder
         if encoder is not None and self.cfg.gt_masks not in ("full", "both"):
             raise ConfigError("a Sa2VA batch (encoder=...) carries full-resolution masks: "
                               "use LoaderConfig(gt_masks='full')")
-        self.urls, build = resolve_source(source)
-        self.card, self.shard_counts = read_build(build) if build else ({}, {})
-        self._check_card(build)
-        self._check_task(build)
+        self.mixture = _as_mixture(source)
+        if samples_per_epoch is not None:  # a fixed-length epoch, whatever the sources hold
+            self.mixture = replace(self.mixture, samples_per_epoch=samples_per_epoch)
+        self.sources = [self._open_source(s) for s in self.mixture.sources]
+        self.urls = [u for s in self.sources for u in s.urls]
+        self.card, self.shard_counts = self.sources[0].card, self.sources[0].counts
+        offset = 0
+        for s in self.sources:
+            s.first_shard, offset = offset, offset + len(s.urls)
+        self._counts = source_counts(
+            [sum(map(len, s.keys)) for s in self.sources],
+            repeats=[s.passes for s in self.sources], weights=[s.weight for s in self.sources],
+            samples_per_epoch=self.mixture.samples_per_epoch)
         self.rank, self.world_size = _dist(rank, world_size)
         self.epoch = 0
-        self._start: dict[int, int] = {}
-        self._start_workers: int | None = None
-        self._delivered: dict[int, int] = {}
-        self._num_workers: int | None = None
+        self._plan_cache: tuple[int, tuple[np.ndarray, ...]] | None = None
+        self._consumed = np.zeros(0, dtype=bool)
         self._stats: Counter = Counter()
         self._observed: Counter = Counter()
+        self._seen_details: set[str] = set()
         self._pending: list[tuple[str, str, bool]] = []
 
-    def _check_card(self, build: Path | None) -> None:
-        if build is None:
-            msg = (f"no {CARD} found next to the shards ({self.urls[0]}): the build's "
-                   "preprocessing cannot be checked against LoaderConfig")
-            if self.cfg.strict:
-                raise ConfigError(msg)
-            warnings.warn(msg, UserWarning, stacklevel=3)
-            return
-        check_preprocessing(self.card, self.cfg, where=str(build))
-
-    def _check_task(self, build: Path | None) -> None:
-        served = build_tasks(self.card) if build else TASKS
-        wanted = TASKS if self.cfg.task == "mixed" else (self.cfg.task,)
-        if not set(wanted) & set(served):
-            fmt = ((self.card.get("config") or {}).get("reader") or {}).get("format")
-            can = " and ".join(served) or "no task (its objects have no text)"
-            raise ConfigError(f"{build}: this {fmt} build serves {can}; LoaderConfig(task="
-                              f"{self.cfg.task!r}) would yield an empty epoch")
+    def _open_source(self, mix: MixSource) -> _Source:
+        cfg = replace(self.cfg, **mix.loader) if mix.loader else self.cfg
+        urls, build = resolve_source(mix.build)
+        card, counts = read_build(build) if build else ({}, {})
+        _check_card(card, build, cfg, urls[0])
+        _check_task(card, build, cfg)
+        return _Source(name=mix.label, urls=urls, keys=shard_keys(urls, build), card=card,
+                       counts=counts, cfg=cfg, passes=mix.passes, weight=mix.weight)
 
     @property
-    def num_samples(self) -> int | None:
-        """Samples in one epoch over all ranks, from shards.parquet (None if unknown)."""
-        names = [Path(u).name for u in self.urls]
-        if not self.shard_counts or any(n not in self.shard_counts for n in names):
-            return None
-        return sum(self.shard_counts[n] for n in names)
+    def num_samples(self) -> int:
+        """Samples in one epoch over all ranks (the plan's length)."""
+        return int(sum(self._counts))
+
+    def __len__(self) -> int:
+        """Samples this rank serves in the current pass (before any skips)."""
+        return len(self._rank_positions())
+
+    @property
+    def source_counts(self) -> dict[str, int]:
+        """Planned samples per source and epoch."""
+        return {s.name: c for s, c in zip(self.sources, self._counts, strict=True)}
 
     @property
     def stats(self) -> Counter:
@@ -284,68 +371,131 @@ class ShardDataset(IterableDataset):
     def set_epoch(self, epoch: int) -> None:
         """Start epoch `epoch` (a new order); forgets any resume position."""
         self.epoch = int(epoch)
-        self._start, self._delivered, self._start_workers = {}, {}, None
+        self._consumed = np.zeros(0, dtype=bool)
+
+    # -- the plan ---------------------------------------------------------------------------
+
+    def _plan(self) -> tuple[np.ndarray, ...]:
+        """(source, shard, item) per position of the current epoch (`epoch.epoch_plan`)."""
+        if self._plan_cache is None or self._plan_cache[0] != self.epoch:
+            sources = [PlanSource(tuple(range(s.first_shard, s.first_shard + len(s.urls))),
+                                  tuple(map(len, s.keys)), c)
+                       for s, c in zip(self.sources, self._counts, strict=True)]
+            plan = epoch_plan(sources, seed=self.cfg.seed, epoch=self.epoch,
+                              interleave=self.cfg.interleave, shuffle=self.cfg.shuffle)
+            self._plan_cache = (self.epoch, plan)
+        return self._plan_cache[1]
+
+    def _consumed_mask(self) -> np.ndarray:
+        n = len(self._plan()[0])
+        if len(self._consumed) != n:
+            self._consumed = np.zeros(n, dtype=bool)
+        return self._consumed
+
+    def _remaining(self) -> np.ndarray:
+        return np.flatnonzero(~self._consumed_mask())
+
+    def _rank_positions(self) -> np.ndarray:
+        return split(self._remaining(), world_size=self.world_size, rank=self.rank, workers=1,
+                     worker=0, even=self.cfg.even_ranks)
 
     # -- resume -----------------------------------------------------------------------------
 
-    def _layout(self) -> dict[str, Any]:
-        names = "\n".join(Path(u).name for u in self.urls).encode()
-        return {"seed": self.cfg.seed, "rank": self.rank, "world_size": self.world_size,
-                "shuffle": self.cfg.shuffle, "shuffle_buffer": self.cfg.shuffle_buffer,
-                "shards": hashlib.sha256(names).hexdigest()[:16]}
+    def _fingerprint(self) -> str:
+        parts = [self.cfg.seed, self.cfg.interleave, self.cfg.shuffle,
+                 *((s.name, c, [Path(u).name for u in s.urls], list(map(len, s.keys)))
+                   for s, c in zip(self.sources, self._counts, strict=True))]
+        return hashlib.sha256(json.dumps(parts).encode()).hexdigest()[:16]
 
     def state_dict(self) -> dict[str, Any]:
-        """This rank's progress in the current epoch (JSON-able): what the consumer received.
+        """The epoch's progress (JSON-able): the positions the training loop received.
 
         Positions come from `observe` (called by `ShardLoader` for each batch it hands out,
         and by in-process iteration itself), so samples prefetched by workers but never
-        delivered are not counted and will be served after a restore.
+        delivered are not counted and will be served after a restore. With torch.distributed
+        initialised, every rank's progress is gathered, so any rank's state restores all.
         """
-        positions = {**self._start, **self._delivered}
-        return {"format": _STATE_FORMAT, "epoch": self.epoch, **self._layout(),
-                "num_workers": self._num_workers or self._start_workers,
-                "positions": {str(w): int(p) for w, p in sorted(positions.items())}}
+        state = {"format": _STATE_FORMAT, "epoch": self.epoch, "plan": self._fingerprint(),
+                 "world_size": self.world_size, "ranks": [self.rank],
+                 "consumed": to_ranges(np.flatnonzero(self._consumed_mask()))}
+        if (self.world_size > 1 and torch.distributed.is_available()
+                and torch.distributed.is_initialized()):
+            states: list[Any] = [None] * self.world_size
+            torch.distributed.all_gather_object(states, state)
+            state = self.merge_states(states)
+        return state
 
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Resume mid-epoch: the next pass yields exactly the samples not yet delivered (later
-        passes of the same epoch start from its beginning again).
+    @staticmethod
+    def merge_states(states: Sequence[dict[str, Any]]) -> dict[str, Any]:
+        """One state from the states every rank saved (their consumed positions united).
 
         Raises:
-            ValueError: the state comes from another seed, shard list, rank layout or
-                shuffle setting (the replayed order would differ).
+            ValueError: the states belong to different epochs or plans.
+        """
+        first = states[0]
+        for s in states[1:]:
+            if (s.get("epoch"), s.get("plan")) != (first.get("epoch"), first.get("plan")):
+                raise ValueError("cannot merge loader states of different epochs or plans")
+        consumed = np.concatenate([from_ranges(s.get("consumed") or []) for s in states])
+        return {**first, "ranks": sorted({r for s in states for r in s.get("ranks") or []}),
+                "consumed": to_ranges(consumed)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Resume mid-epoch with any number of ranks and workers: the next pass yields
+        exactly the samples of the epoch not yet delivered (later passes of the same epoch
+        start from its beginning again).
+
+        Raises:
+            ValueError: an unknown format, another plan (sources, their sizes or repeats,
+                seed, shuffle, interleave), or the progress of only some ranks.
         """
         if state.get("format") != _STATE_FORMAT:
-            raise ValueError(f"unknown loader state format {state.get('format')!r}")
-        mine = self._layout()
-        diffs = [f"{k}: saved {state.get(k)!r}, now {v!r}" for k, v in mine.items()
-                 if state.get(k) != v]
-        if diffs:
-            raise ValueError("cannot resume: " + "; ".join(diffs))
-        self.epoch = int(state["epoch"])
-        self._start = {int(w): int(p) for w, p in state["positions"].items()}
-        self._delivered = dict(self._start)
-        self._start_workers = state.get("num_workers")
-        self._num_workers = None
+            raise ValueError(f"cannot resume: unknown loader state format {state.get('format')!r}"
+                             f" (this loader writes {_STATE_FORMAT})")
+        self.epoch = int(state.get("epoch", 0))
+        if state.get("plan") != self._fingerprint():
+            raise ValueError("cannot resume: the state was saved for another plan (sources, "
+                             "their shards or sizes, repeats/weights, seed, shuffle or "
+                             "interleave differ), so its positions name other samples")
+        problem = _rank_consumed_check(state)
+        if problem:
+            raise ValueError(f"cannot resume: {problem}")
+        mask = np.zeros(len(self._plan()[0]), dtype=bool)
+        done = from_ranges(state.get("consumed") or [])
+        if len(done) and (done.min() < 0 or done.max() >= len(mask)):
+            raise ValueError("cannot resume: consumed positions outside the epoch's plan")
+        mask[done] = True
+        self._consumed = mask
 
     def observe(self, batch: dict[str, Any]) -> None:
-        """Record a batch (or sample) the training loop received: its progress, and the skips
-        workers reported with it (counted in `stats` and re-warned here, in the main process,
-        where warnings are seen)."""
+        """Record a batch (or sample) the training loop received: its positions, and the
+        skips workers reported with it (counted in `stats` and re-warned here, in the main
+        process, where warnings are seen; a shard two workers read is reported once)."""
         progress = batch.get("__progress__")
-        rows = [progress] if isinstance(progress, tuple) else (
-            progress.tolist() if progress is not None else [])
-        for worker, num_workers, pos in rows:
-            self._num_workers = int(num_workers)
-            self._delivered[int(worker)] = max(self._delivered.get(int(worker), 0), int(pos) + 1)
+        if progress is not None:
+            positions = [progress] if isinstance(progress, int) else progress.tolist()
+            self._consumed_mask()[positions] = True
         for reason, detail, corrupt in batch.get("__skipped__") or ():
+            if detail in self._seen_details:
+                continue
+            self._seen_details.add(detail)
             self._observed[reason] += 1
             if corrupt:
                 warnings.warn(f"sa2va_shards loader skipped ({reason}) in a worker: {detail}",
                               CorruptDataWarning, stacklevel=2)
 
+    def _end_pass(self, complete: bool) -> None:
+        # an epoch served to its end starts over on the next pass; a state applies once
+        if complete:
+            self._consumed = np.zeros(0, dtype=bool)
+        self._seen_details = set()
+
     # -- iteration --------------------------------------------------------------------------
 
     def _count(self, reason: str, detail: str, corrupt: bool = True) -> None:
+        if get_worker_info() is None and detail in self._seen_details:
+            return
+        self._seen_details.add(detail)
         self._stats[reason] += 1
         log.log(logging.WARNING if corrupt else logging.DEBUG, "skipped (%s): %s", reason, detail)
         if get_worker_info() is not None:  # reported with the next batch, see observe
@@ -354,34 +504,37 @@ class ShardDataset(IterableDataset):
             warnings.warn(f"sa2va_shards loader skipped ({reason}): {detail}",
                           CorruptDataWarning, stacklevel=2)
 
-    def _tar_stream(self, urls: list[str], owned: set[str]) -> TarStream:
-        gt = self.cfg.gt_masks
-        return TarStream(urls, owned=owned, wanted=partial(wanted_member, gt_masks=gt),
-                         expected=self.shard_counts, strict=self.cfg.strict, report=self._count)
+    def _cursor(self, shard: int, source: _Source) -> _Cursor:
+        url = self.urls[shard]
+        wanted = partial(wanted_member, gt_masks=self.cfg.gt_masks)
+        return _Cursor(lambda: TarStream([url], owned={url}, wanted=wanted,
+                                         expected=source.counts, strict=self.cfg.strict,
+                                         report=self._count),
+                       source.keys[shard - source.first_shard])
 
-    def _slot_stream(self, worker: int, num_workers: int) -> Iterator[dict]:
-        """This slot's raw samples for the epoch, in their final order (module docstring)."""
-        slots, slot = self.world_size * num_workers, self.rank * num_workers + worker
-        order = np.arange(len(self.urls))
-        if self.cfg.shuffle:
-            order = np.random.default_rng([self.cfg.seed, self.epoch, 0]).permutation(order)
-        urls = [self.urls[i] for i in order]
-        if len(urls) >= slots:  # shard-level split
-            mine = urls[slot::slots]
-            raw: Iterator[dict] = iter(self._tar_stream(mine, set(mine)))
-        else:  # sample-level striding: every slot reads all shards, keeps every slots-th
-            stream = self._tar_stream(urls, set(urls[slot::slots]))
-            raw = (s for i, s in enumerate(stream) if i % slots == slot)
-        if self.cfg.shuffle:
-            rng = np.random.default_rng([self.cfg.seed, self.epoch, 1, slot])
-            raw = shuffled(raw, self.cfg.shuffle_buffer, rng)
-        return raw
+    def _raw_stream(self, positions: np.ndarray) -> Iterator[dict]:
+        """The raw samples at `positions`, in order; each shard is streamed once per pass
+        through it and closed after its last position here."""
+        source, shard, item = (a[positions] for a in self._plan())
+        last = {int(g): i for i, g in enumerate(shard)}
+        cursors: dict[int, _Cursor] = {}
+        for i, (p, s, g, it) in enumerate(zip(positions.tolist(), source.tolist(),
+                                              shard.tolist(), item.tolist(), strict=True)):
+            cur = cursors.get(g) or cursors.setdefault(g, self._cursor(g, self.sources[s]))
+            raw = cur.get(it)
+            if last[g] == i:
+                cursors.pop(g).finish()
+            if raw is not None:
+                yield {**raw, "__position__": p, "__source__": s}
+        for cur in cursors.values():
+            cur.close()
 
     def _decode(self, raw: dict[str, Any]) -> dict[str, Any] | None:
         key, url = str(raw.get("__key__")), str(raw.get("__url__"))
-        rng = np.random.default_rng([self.cfg.seed, self.epoch, 2, _key_int(key)])
+        src = self.sources[raw["__source__"]]
+        rng = np.random.default_rng([self.cfg.seed, self.epoch, 2, raw["__position__"]])
         try:
-            sample = decode_sample(raw, self.cfg, rng)
+            sample = decode_sample(raw, src.cfg, rng)
             if self.encoder is not None:
                 encode_sample(sample, self.encoder, self.cfg.vision)
         except EncodeError as e:  # intact, but longer than max_length allows
@@ -398,45 +551,70 @@ class ShardDataset(IterableDataset):
                 raise CorruptDataError(f"{reason}: {url} sample {key}: {detail}") from e
             self._count(reason, f"{url} sample {key}: {detail}", corrupt)
             return None
-        sample.update({"__key__": key, "__url__": url,
+        sample.update({"__key__": key, "__url__": url, "source": src.name,
                        "gt_packed": self.cfg.gt_format == "packed"})
         return sample
 
-    def _begin_pass(self) -> None:
-        # A loaded state applies to one pass: it starts there, later passes start at 0.
-        self._delivered, self._start = dict(self._start), {}
-
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        # Not a generator itself: the resume position is taken when the iterator is created
-        # (in each worker from its copy of the dataset, or here in-process).
+        # Not a generator itself: the positions are taken when the iterator is created (in
+        # each worker from its copy of the dataset, or here in-process).
         info = get_worker_info()
-        worker, num_workers = (info.id, info.num_workers) if info else (0, 1)
-        if self._start and self._start_workers not in (None, num_workers):
-            raise ValueError(f"resume state was saved with {self._start_workers} DataLoader "
-                             f"workers per rank (0 counts as 1); this loader has {num_workers}: "
-                             "the per-worker streams differ, so positions do not carry over")
-        skip = self._start.get(worker, 0)
-        if info is None:
-            self._begin_pass()
-        return self._samples(worker, num_workers, skip, in_process=info is None)
+        worker, workers = (info.id, info.num_workers) if info else (0, 1)
+        positions = split(self._remaining(), world_size=self.world_size, rank=self.rank,
+                          workers=workers, worker=worker, even=self.cfg.even_ranks)
+        return self._samples(positions, worker, in_process=info is None)
 
-    def _samples(self, worker: int, num_workers: int, skip: int, *,
+    def _samples(self, positions: np.ndarray, worker: int, *,
                  in_process: bool) -> Iterator[dict[str, Any]]:
         self._pending = []
-        for pos, raw in enumerate(self._slot_stream(worker, num_workers)):
-            if pos < skip:
-                continue  # replay: raw bytes only, nothing decoded
-            sample = self._decode(raw)
+        raw: Iterator[dict] = self._raw_stream(positions)
+        if self.cfg.shuffle:
+            rng = np.random.default_rng([self.cfg.seed, self.epoch, 1, int(positions[0])
+                                         if len(positions) else 0])
+            raw = shuffled(raw, self.cfg.shuffle_buffer, rng)
+        for item in raw:
+            sample = self._decode(item)
             if sample is None:
                 continue
-            sample["__progress__"] = (worker, num_workers, pos)
+            sample["__progress__"] = item["__position__"]
             if in_process:  # the consumer has it once it is yielded
-                self._delivered[worker], self._num_workers = pos + 1, num_workers
+                self._consumed_mask()[item["__position__"]] = True
             elif self._pending:  # workers report their skips through the batches
                 sample["__skipped__"], self._pending = self._pending, []
             yield sample
         if self._pending:
             yield {"__skipped__": self._pending}  # a worker's tail report, see collate
+        if in_process:
+            self._end_pass(complete=True)
+
+
+def _as_mixture(source: Any) -> Mixture:
+    if isinstance(source, Mixture):
+        return source
+    if isinstance(source, str | Path) and str(source).endswith((".yaml", ".yml")):
+        return load_mixture(source)
+    return Mixture(sources=(MixSource(build=source),))
+
+
+def _check_card(card: dict[str, Any], build: Path | None, cfg: LoaderConfig, first: str) -> None:
+    if build is None:
+        msg = (f"no {CARD} found next to the shards ({first}): the build's preprocessing "
+               "cannot be checked against LoaderConfig")
+        if cfg.strict:
+            raise ConfigError(msg)
+        warnings.warn(msg, UserWarning, stacklevel=4)
+        return
+    check_preprocessing(card, cfg, where=str(build))
+
+
+def _check_task(card: dict[str, Any], build: Path | None, cfg: LoaderConfig) -> None:
+    served = build_tasks(card) if build else TASKS
+    wanted = TASKS if cfg.task == "mixed" else (cfg.task,)
+    if not set(wanted) & set(served):
+        fmt = ((card.get("config") or {}).get("reader") or {}).get("format")
+        can = " and ".join(served) or "no task (its objects have no text)"
+        raise ConfigError(f"{build}: this {fmt} build serves {can}; LoaderConfig(task="
+                          f"{cfg.task!r}) would yield an empty epoch")
 
 
 class ShardLoader:
@@ -476,20 +654,31 @@ class ShardLoader:
                             num_workers=self.num_workers, pin_memory=pin, **extra)
         before = self.dataset.stats.copy()
         batches = iter(loader)  # workers start here, each with its copy of the resume state
-        if self.num_workers:
-            self.dataset._begin_pass()
         vision = self.dataset.cfg.vision
-        for batch in batches:
-            self.dataset.observe(batch)
-            if batch["batch_size"] == 0:
-                continue
-            if encoder is not None:
-                batch = model_inputs(batch, self.device or "cpu", vision=vision,
-                                     dtype=self.dtype)
-            elif self.device is not None:
-                batch = to_device(batch, self.device, vision=vision, dtype=self.dtype)
-            yield batch
+        complete = False
+        try:
+            for batch in batches:
+                self.dataset.observe(batch)
+                if batch["batch_size"] == 0:
+                    continue
+                if encoder is not None:
+                    batch = model_inputs(batch, self.device or "cpu", vision=vision,
+                                         dtype=self.dtype)
+                elif self.device is not None:
+                    batch = to_device(batch, self.device, vision=vision, dtype=self.dtype)
+                yield batch
+            complete = True
+        finally:
+            if self.num_workers or complete:
+                self.dataset._end_pass(complete)
         self._report(self.dataset.stats - before)
+
+    def __len__(self) -> int:
+        """Batches this rank gets in the current pass (before any skips): each worker
+        batches its own samples."""
+        n, workers = len(self.dataset), max(1, self.num_workers)
+        return sum(-(-len(part) // self.batch_size) for part in np.array_split(np.arange(n),
+                                                                                workers))
 
     @staticmethod
     def _report(skipped: Counter) -> None:

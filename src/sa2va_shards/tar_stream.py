@@ -8,6 +8,7 @@ Samples come out raw (member suffix -> bytes): nothing is decoded here.
 from __future__ import annotations
 
 import hashlib
+import tarfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,7 @@ import numpy as np
 from webdataset import gopen, tariterators
 
 from sa2va_shards.errors import SYSTEM_EXCEPTIONS, ConfigError
-from sa2va_shards.manifest import CARD, read_card, read_manifest
+from sa2va_shards.manifest import CARD, file_sha256, read_card, read_manifest
 from sa2va_shards.safe_io import NotRegularFileError, open_regular
 from sa2va_shards.schema import content_hash
 from sa2va_shards.versions import read_latest
@@ -28,6 +29,7 @@ __all__ = [
     "TarStream",
     "read_build",
     "resolve_source",
+    "shard_keys",
     "shuffled",
 ]
 
@@ -93,6 +95,44 @@ def resolve_source(source: str | Path | Sequence[str | Path]) -> tuple[list[str]
     return urls, _find_card(local.parent) if local.exists() else None
 
 
+def shard_keys(urls: list[str], build: Path | None) -> list[list[str]]:
+    """Sample keys of each shard, in tar order: from samples.parquet when the build has it
+    (nothing is opened), else from the tar headers (local files; data is seeked over).
+
+    A shard that cannot be listed gets no keys here; reading it reports why.
+    """
+    listed: dict[str, list[str]] = {}
+    if build is not None and (build / "samples.parquet").is_file():
+        table = read_manifest(build, "samples.parquet", ["key", "shard"])
+        for key, shard in zip(table["key"].to_pylist(), table["shard"].to_pylist(),
+                              strict=True):
+            listed.setdefault(shard, []).append(key)
+    out = []
+    for url in urls:
+        keys = listed.get(Path(url).name)
+        out.append(sorted(keys, key=lambda k: k + ".") if keys is not None
+                   else _tar_keys(url))
+    return out
+
+
+def _tar_keys(url: str) -> list[str]:
+    # tar order: members are sorted by name, so sorting keys followed by their '.' matches it
+    local = _local_path(url)
+    if local is None:
+        raise ConfigError(f"{url}: a remote shard needs its build's samples.parquet to be "
+                          "planned")
+    keys: list[str] = []
+    try:
+        with open_regular(local) as f, tarfile.open(fileobj=f, mode="r:") as tar:
+            for member in tar:
+                key = tariterators.base_plus_ext(member.name)[0]
+                if key is not None and (not keys or keys[-1] != key):
+                    keys.append(key)
+    except (OSError, tarfile.TarError, NotRegularFileError):
+        pass  # listed as far as readable; streaming the shard reports the damage
+    return keys
+
+
 def shuffled(items: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
     """Seeded buffer shuffle: once `size` items are held, each new item replaces a randomly
     drawn one, which is yielded; the rest come out permuted at the end."""
@@ -132,11 +172,32 @@ class _HashingReader:
         self.f.close()
 
 
+def _local_path(url: str) -> Path | None:
+    """The file a shard URL names on this machine, or None for a remote or piped one."""
+    if url.startswith("file://"):
+        return Path(url[7:])
+    if url.startswith("file:"):
+        return Path(url[5:])
+    return None if "://" in url or url.startswith("pipe:") else Path(url)
+
+
+def _tables_problem(build: Path) -> str | None:
+    # the card pins the tables the checks rely on; a card from before it did is trusted as is
+    recorded = read_card(build).get("manifests") or {}
+    for name in ("shards.parquet", "samples.parquet"):
+        if name in recorded and file_sha256(build / name) != recorded[name]:
+            return (f"{build / name}: sha256 differs from {CARD} (edited or corrupt; "
+                    "checked against it anyway)")
+    return None
+
+
 class _Manifest:
     """What a build's tables say a shard holds: sha256 and size per shard file, content hash
     per sample key. Read lazily, once per stream, only for the stream's own shards."""
 
     def __init__(self, build: Path, files: set[str]) -> None:
+        #: why the tables cannot be trusted (hashes off the card's), or None.
+        self.problem = _tables_problem(build)
         shards = read_manifest(build, "shards.parquet").to_pylist()
         self.shards = {r["file"]: r for r in shards if r["file"] in files}
         table = read_manifest(build, "samples.parquet", ["key", "shard", "sha256"])
@@ -193,22 +254,30 @@ class TarStream:
         return suffix is not None and self.wanted(suffix.lower())
 
     def _manifest(self, url: str) -> _Manifest | None:
-        build = Path(url).parent.parent  # <build>/shards/<file>
-        if not self.verify or not (build / CARD).is_file():
+        local = _local_path(url)
+        build = local.parent.parent if local else None  # <build>/shards/<file>
+        if not self.verify or build is None or not (build / CARD).is_file():
             return None
         if build not in self._manifests:
-            files = {Path(u).name for u in self.urls if Path(u).parent.parent == build}
-            self._manifests[build] = _Manifest(build, files)
+            files = {p.name for p in map(_local_path, self.urls) if p and p.parent.parent == build}
+            try:
+                manifest: _Manifest | None = _Manifest(build, files)
+                problem = manifest.problem
+            except (ConfigError, OSError) as e:  # a card without readable tables
+                manifest, problem = None, f"{e} (shards read unchecked)"
+            self._manifests[build] = manifest
+            if problem and self.strict:
+                raise CorruptDataError(f"manifest_mismatch: {problem}")
+            if problem and self.owned:  # once per stream that owns shards
+                self.report("manifest_mismatch", problem)
         return self._manifests[build]
 
     def _open(self, url: str) -> _HashingReader | None:
         """The shard's byte stream; a local path must be a regular file (a FIFO would block
         the worker forever)."""
         try:
-            local = Path(url[7:] if url.startswith("file:") else url)
-            if "://" not in url and not url.startswith("pipe:"):
-                return _HashingReader(open_regular(local))
-            return _HashingReader(gopen.gopen(url))
+            local = _local_path(url)
+            return _HashingReader(open_regular(local) if local else gopen.gopen(url))
         except Exception as e:  # noqa: BLE001 - the handler decides (system errors re-raised)
             self._handler(e)
             return None

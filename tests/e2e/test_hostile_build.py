@@ -166,6 +166,16 @@ def test_without_sample_verification_a_flip_is_still_counted_at_the_shard_end(co
     assert [r for r, _ in reports] == ["shard_mismatch"]
 
 
+def test_the_loader_reports_tables_that_differ_from_the_card(copy):
+    _edit_table(copy / "samples.parquet", _k_plus_one)
+    ds = ShardDataset(copy, LIGHT)
+    with pytest.warns(UserWarning, match="manifest_mismatch"):
+        list(ds)
+    assert ds.stats["manifest_mismatch"] == 1
+    with pytest.raises(CorruptDataError, match="manifest_mismatch"):
+        list(ShardDataset(copy, LoaderConfig(gt_masks="none", strict=True)))
+
+
 def test_strict_mode_raises_on_a_changed_sample(copy):
     _flip_jpeg_byte(sorted((copy / "shards").glob("*.tar"))[0])
     with pytest.raises(CorruptDataError, match="sample_mismatch"):
@@ -321,3 +331,23 @@ def test_a_missing_manifest_is_a_clean_loader_error(copy):
     (copy / "shards.parquet").write_bytes(b"PAR1 garbage")
     with pytest.raises(ConfigError, match="shards.parquet"):
         ShardDataset(copy, LIGHT)
+
+
+def test_file_urls_are_checked_like_paths(copy):
+    shard = sorted((copy / "shards").glob("*.tar"))[0]
+    key = _flip_jpeg_byte(shard)
+    reports: list[str] = []
+    for url in (f"file://{shard}", f"file:{shard}"):
+        stream = TarStream([url], owned={url}, wanted=lambda s: True, expected={},
+                           strict=False, report=lambda r, d: reports.append(r))
+        assert key not in [s["__key__"] for s in stream]
+    assert reports == ["sample_mismatch", "shard_mismatch"] * 2
+
+
+def test_a_card_without_readable_tables_is_reported_and_streamed_unchecked(copy):
+    shards = sorted(str(p) for p in (copy / "shards").glob("*.tar"))
+    (copy / "samples.parquet").unlink()
+    reports: list[str] = []
+    stream = TarStream(shards, owned=set(shards), wanted=lambda s: True, expected={},
+                       strict=False, report=lambda r, d: reports.append(r))
+    assert len(list(stream)) == 8 and reports == ["manifest_mismatch"]

@@ -139,3 +139,7 @@ def resign_shard(tar_path: Path) -> None:
 
     update("shards.parquet", shard_row)
     update("samples.parquet", sample_row)
+    card = json.loads((build / "dataset.json").read_text())
+    card["manifests"] = {name: hashlib.sha256((build / name).read_bytes()).hexdigest()
+                         for name in card.get("manifests", {})}
+    (build / "dataset.json").write_text(json.dumps(card))

@@ -243,7 +243,8 @@ def test_videos_that_are_not_what_they_claim_get_their_reason(sav, tmp_path, cas
     with pytest.raises(SampleError) as e:
         reader.load(items["sav_000001"])
     assert e.value.reason.value == reason
-    assert reader.load(items["sav_000002"]).meta["fps"] == 24  # the real rate, recorded
+    fps = reader.load(items["sav_000002"]).meta["fps"]
+    assert json.dumps(fps) == "24"  # the real rate, an int when whole (bytes as before)
 
 
 def test_frames_over_the_pixel_budget_are_refused_before_any_decode(sav, tmp_path, monkeypatch):
@@ -295,3 +296,45 @@ def test_refcoco_records_with_repeated_keys_reject_their_image(synth, tmp_path):
     bad = _bad(items)
     assert "repeat keys ['category_id']" in bad[f"{image_id:012d}"]["detail"]
     assert len(items) - len(bad) > 0
+
+
+@pytest.mark.parametrize("texts", [{"conversations": "hi"}, {"conversations": [{"from": 1}]},
+                                   {"conversations": [["human", "hi"]]},
+                                   {"description": [1, 2]}, {"description": "one string"}])
+def test_osprey_text_of_the_wrong_type_is_a_reject_not_passed_through(synth, texts, tmp_path):
+    root = tmp_path / "raw"
+    shutil.copytree(synth("osprey", n_items=5, seed=6), root)
+    path = root / "Osprey-724K" / "osprey_conversation.json"
+    doc = json.loads(path.read_text())
+    doc[0] = {**doc[0], **texts}
+    path.write_text(json.dumps(doc))
+    reader = OspreyReader(root=str(root), files=("osprey_conversation",))
+    first = reader.list_items()[0]
+    with pytest.raises(SampleError) as e:
+        reader.load(first)
+    assert e.value.reason is Reason.BAD_ANNOTATION
+
+
+@pytest.mark.parametrize("caption", [5, ["a"], {"text": "a"}, b"bytes"])
+def test_a_dam_caption_of_the_wrong_type_is_a_reject(caption):
+    from sa2va_shards.readers.describe_anything import _regions
+
+    with pytest.raises(SampleError) as e:
+        _regions([{"caption": caption, "mask_rle": {}}], "x.tar:k.pickle")
+    assert e.value.reason is Reason.BAD_ANNOTATION
+    assert _regions([{"mask_rle": {}}], "x") == [{"mask_rle": {}}]  # no caption: kept
+
+
+def test_a_clip_with_more_than_256_masks_is_built(tmp_path):
+    """8 frames x 40 masklets = 320 masks in one sample: past pycocotools' uint8 area count,
+    which made every such clip an `unexpected_error`."""
+    from sa2va_shards.readers.sav import _write_clip
+
+    root = tmp_path / "raw"
+    _write_clip(root, "sav_000001", np.random.default_rng(0), n_frames=32, n_obj=40,
+                size=(240, 320))
+    out = run_build(make_config(root, tmp_path / "out", fmt="sav"), runner="serial",
+                    progress=False)
+    assert out.counts["written"] == 1, read_rejects(out.build_dir)
+    sample = json.loads((out.build_dir / "dataset.json").read_text())["counts"]
+    assert sample["objects_written"] + sample["objects_dropped"] == 40

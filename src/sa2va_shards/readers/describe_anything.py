@@ -275,6 +275,10 @@ def _regions(obj: Any, where: str) -> list[dict]:
         raise SampleError(Reason.BAD_ANNOTATION,
                           f"{where}: expected a region dict or a list of region dicts with "
                           f"'mask_rle', got {type(obj).__name__}")
+    for i, r in enumerate(regions):  # a caption of the wrong type is never dropped silently
+        if not isinstance(r.get("caption"), str | None):
+            raise SampleError(Reason.BAD_ANNOTATION, f"{where}: region {i} caption is "
+                                                     f"{type(r['caption']).__name__}, not text")
     return regions
 
 

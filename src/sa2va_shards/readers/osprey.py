@@ -218,7 +218,23 @@ def _parse_record(rec: Any, where: str) -> tuple[str, int, int, list[dict]]:
         raise SampleError(Reason.BAD_ANNOTATION, f"{where}: {type(e).__name__}: {e}") from e
     if not isinstance(anns, list) or not all(isinstance(a, dict) for a in anns):
         raise SampleError(Reason.BAD_ANNOTATION, f"{where}: annotation must be a list of dicts")
+    problem = _text_problem(rec)
+    if problem:
+        raise SampleError(Reason.BAD_ANNOTATION, f"{where}: {problem}")
     return file_name, h, w, anns
+
+
+def _text_problem(rec: dict) -> str | None:
+    """Why the element's text cannot be kept as published, or None: `conversations` is a
+    list of {from: str, value: str} turns, `description` a list of strings."""
+    turns, desc = rec.get("conversations", []), rec.get("description", [])
+    if not isinstance(turns, list) or not all(
+            isinstance(t, dict) and isinstance(t.get("from"), str)
+            and isinstance(t.get("value"), str) for t in turns):
+        return "conversations must be a list of {from: text, value: text} turns"
+    if not isinstance(desc, list) or not all(isinstance(d, str) for d in desc):
+        return "description must be a list of text"
+    return None
 
 
 def _region(i: int, ann: dict) -> dict:

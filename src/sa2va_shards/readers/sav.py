@@ -154,7 +154,7 @@ class SavReader:
             frames, rotation, fps = self._mp4_frames(ref, frame_ids)
             _check_rotation(frames.shape[1:3], rles, rotation, ref.data["video"])
         else:  # extracted frames carry no rate: the folder is the 24 fps extraction
-            frames, rotation, fps = self._jpeg_frames(ref, frame_ids), 0, float(VIDEO_FPS)
+            frames, rotation, fps = self._jpeg_frames(ref, frame_ids), 0, VIDEO_FPS
         captions = ref.data.get("captions", {})
         objects = tuple({"id": i, "masklet_id": i, **captions.get(str(col), {})}
                         for col, i in enumerate(ids))
@@ -178,7 +178,7 @@ class SavReader:
         return doc
 
     def _mp4_frames(self, ref: ItemRef,
-                    frame_ids: list[int]) -> tuple[np.ndarray, int, float]:
+                    frame_ids: list[int]) -> tuple[np.ndarray, int, int | float]:
         """The wanted frames (T, H, W, 3) RGB as stored, the rotation metadata (degrees,
         counter-clockwise, 0 when none) and the frame rate: decodes up to the last wanted
         frame only, after the stream's size and rate are checked."""
@@ -208,7 +208,7 @@ class SavReader:
             raise SampleError(Reason.CORRUPT_VIDEO, f"{rel}: frames {missing[:5]} not decodable")
         return np.stack([out[i] for i in frame_ids]), rotation, fps
 
-    def _check_stream(self, container: Any, rel: str) -> float:
+    def _check_stream(self, container: Any, rel: str) -> int | float:
         """The video stream's frame rate, after checking there is a video stream, its size is
         within `max_pixels` (before any frame is decoded) and its rate is SA-V's 24 fps (the
         masklets' every-4th-frame mapping assumes it)."""
@@ -225,7 +225,8 @@ class SavReader:
             raise SampleError(Reason.CORRUPT_VIDEO,
                               f"{rel}: {fps:g} fps; SA-V masklets are every {ANNOTATION_STEP}th "
                               f"frame of a {VIDEO_FPS} fps video, so the frames would not match")
-        return round(fps, 3)
+        # an int when whole, so a 24 fps clip's JSON bytes are what they always were
+        return int(fps) if fps.is_integer() else round(fps, 3)
 
     def _jpeg_frames(self, ref: ItemRef, frame_ids: list[int]) -> np.ndarray:
         folder = f"{self.frames_dir}/{ref.source_id}"
