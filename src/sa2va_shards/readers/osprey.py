@@ -186,24 +186,7 @@ def _item(source_id: str, file: str, i: int, rec: Any, dups: bool) -> ItemRef:
     if dups and duplicate_keys(rec):
         return bad_item(source_id, Reason.BAD_ANNOTATION,
                         f"{file}[{i}]: repeats keys {list(duplicate_keys(rec))}")
-    if "conversations" in rec and (problem := _dialogue_problem(rec["conversations"])):
-        return bad_item(source_id, problem[0], f"{file}[{i}]: {problem[1]}")
     return ItemRef(source_id=source_id, data={"file": file, "index": i, "record": _compact(rec)})
-
-
-def _dialogue_problem(turns: Any) -> tuple[Reason, str] | None:
-    """Why a stored dialogue cannot be trained on, or None. Osprey's own loader skips
-    elements with fewer than two turns; Sa2VA's pairs a human turn with the next answer, so
-    an element needs a human turn followed by a gpt turn (leading answers are skipped)."""
-    if not isinstance(turns, list) or not all(
-            isinstance(t, dict) and t.get("from") in ("human", "gpt")
-            and isinstance(t.get("value"), str) for t in turns):
-        return Reason.BAD_ANNOTATION, "conversations must be a list of {from: human|gpt, value}"
-    roles = [t["from"] for t in turns]
-    if "human" not in roles or "gpt" not in roles[roles.index("human"):]:
-        return Reason.NO_DIALOGUE, (f"conversations {roles[:4]} hold no question followed by "
-                                    "an answer")
-    return None
 
 
 def _parse_record(rec: Any, where: str) -> tuple[str, int, int, list[dict]]:
@@ -221,7 +204,19 @@ def _parse_record(rec: Any, where: str) -> tuple[str, int, int, list[dict]]:
     problem = _text_problem(rec)
     if problem:
         raise SampleError(Reason.BAD_ANNOTATION, f"{where}: {problem}")
+    if "conversations" in rec and not _has_turn_pair(rec["conversations"]):
+        roles = [t["from"] for t in rec["conversations"]][:4]
+        raise SampleError(Reason.NO_DIALOGUE,
+                          f"{where}: conversations {roles} hold no question followed by an answer")
     return file_name, h, w, anns
+
+
+def _has_turn_pair(turns: list[dict]) -> bool:
+    """A human turn followed (later) by a gpt turn. Osprey's own loader skips elements with
+    fewer than two turns; Sa2VA's pairs each question with the next answer and skips leading
+    answers, so this is what leaves the loader something to train on."""
+    roles = [t["from"] for t in turns]
+    return "human" in roles and "gpt" in roles[roles.index("human"):]
 
 
 def _text_problem(rec: dict) -> str | None:

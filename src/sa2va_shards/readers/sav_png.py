@@ -116,7 +116,7 @@ def load_png_clip(reader: SavReader, ref: ItemRef) -> RawClip:
     return RawClip(source_id=ref.source_id, frames=frames, frame_indices=tuple(frame_ids),
                    rles=rles, objects=tuple({"id": int(o) if o.isdigit() else o,
                                              "masklet_id": o} for o in objects),
-                   meta={"video_id": vid, "fps": 24.0, "rotation": 0, "layout": "png"})
+                   meta={"video_id": vid, "fps": 24, "rotation": 0, "layout": "png"})
 
 
 def _png_rle(reader: SavReader, rel: str, h: int, w: int) -> dict:
