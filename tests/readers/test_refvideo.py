@@ -250,3 +250,17 @@ def test_a_mask_pickle_keyed_by_int_reads_as_its_text_ids(synth, tmp_path):
         pickle.dump({int(k): v for k, v in masks.items()}, f)
     cfg = make_config(root, tmp_path, fmt="refytvos").reader
     assert get_reader(cfg).list_items() == get_reader(replace(cfg, root=str(raw))).list_items()
+
+
+def test_ref_youtube_vos_mask_ids_count_expression_ids_as_text():
+    """VISA's (and Sa2VA's) count: videos sorted, expression ids sorted as text, so expression
+    "10" comes before "2"."""
+    from sa2va_shards.readers.refvideo import _count_mask_ids, _objects_by_obj_id
+
+    exps = {str(i): {"exp": f"thing {i}", "obj_id": str(i)} for i in range(12)}
+    videos = {"b": {"expressions": exps}, "a": {"expressions": {"0": {"exp": "x", "obj_id": "1"}}}}
+    counted = _count_mask_ids(videos)
+    assert counted == {"a": ["0"], "b": [str(i) for i in range(1, 13)]}
+    objects = _objects_by_obj_id(sorted(exps.items()), counted["b"], {}, "b")
+    by_exp = {o["exp_ids"][0]: o["mask_ids"][0] for o in objects}
+    assert by_exp["0"] == "1" and by_exp["1"] == "2" and by_exp["10"] == "3" and by_exp["2"] == "5"
