@@ -370,7 +370,10 @@ def referring_turns(texts: list[str], image: str, rng: np.random.Generator,
     target, answered with one `[SEG]`; the target's GT mask is that turn's mask."""
     turns = []
     for i, text in enumerate(texts):
-        question = _pick(wording.seg_questions, rng).format(phrase=clean_phrase(text))
+        # an expression that is a question (ReVOS's reasoning expressions) is asked as written,
+        # as Sa2VA does; a phrase goes into one of the questions
+        question = text.strip() if "?" in text else _pick(wording.seg_questions, rng).format(
+            phrase=clean_phrase(text))
         if i == 0:
             question = image + question
         turns.append({"input": question, "output": _pick(wording.seg_answers, rng)})
