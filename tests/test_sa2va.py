@@ -9,6 +9,7 @@ import json
 import re
 import tarfile
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -427,3 +428,14 @@ def test_tiny_sa2va_trains_through_encode_and_collate(builds, encoder, fmt, task
         loss.backward()
         opt.step()
     assert torch.isfinite(loss) and loss.item() < 0.8 * first
+
+
+def test_min_k_skips_dialogues_and_regions_below_it(builds):
+    cfg = LoaderConfig(gt_masks="none", min_k=4, k_zero="keep")
+    ds = ShardDataset(builds["osprey"], cfg)
+    served = list(ds)
+    assert all(int(s["k"].min()) >= 4 for s in served)
+    total = ShardDataset(builds["osprey"]).num_samples
+    assert len(served) + ds.stats["min_k"] == total and ds.stats["min_k"] > 0
+    coco = [s for s in ShardDataset(builds["coco"], replace(cfg, min_k=3))]
+    assert coco and all(int(s["k"].min()) >= 3 for s in coco)

@@ -98,7 +98,7 @@ Task = Literal["mask_to_caption", "caption_to_mask", "mixed"]
 GtMasks = Literal["none", "1024", "full", "both"]
 _STATE_FORMAT = 2
 #: skip reasons that are a policy, not corruption (reported once per pass, never raised).
-QUIET_REASONS = frozenset({"no_usable_objects", "task_not_served", "too_long"})
+QUIET_REASONS = frozenset({"no_usable_objects", "task_not_served", "too_long", "min_k"})
 
 
 class SkippedSamplesWarning(UserWarning):
@@ -128,6 +128,10 @@ class LoaderConfig:
     max_objects: int | None = None
     #: region captioning only: 'drop' objects with K = 0 (no visual-prompt token), or 'keep'.
     k_zero: Literal["keep", "drop"] = "drop"
+    #: region captioning: regions must cover at least this many grid cells; an object below it
+    #: is not captioned, and a stored dialogue (Osprey) naming one is skipped (`min_k`), as
+    #: Sa2VA v2's Osprey loader does with 4. 0: no minimum.
+    min_k: int = 0
     #: InternVL dynamic tiles up to this many (+ thumbnail); 0 or 1 = the 448 thumbnail only.
     max_tiles: int = 0
     #: seed of every random choice (shard order, buffer, objects, questions).
@@ -168,6 +172,8 @@ class LoaderConfig:
             raise ValueError(f"max_objects must be >= 1 or None, got {self.max_objects}")
         if self.max_tiles < 0 or self.shuffle_buffer < 0 or self.video_targets < 0:
             raise ValueError("max_tiles, shuffle_buffer and video_targets must be >= 0")
+        if self.min_k < 0:
+            raise ValueError(f"min_k must be >= 0, got {self.min_k}")
         if self.interleave < 1:
             raise ValueError(f"interleave must be >= 1, got {self.interleave}")
         if self.frames is not None and self.frames < 1:

@@ -30,7 +30,8 @@ __all__ = ["SOURCE_OPTIONS", "MixSource", "Mixture", "load_mixture"]
 
 #: LoaderConfig fields a source may set for itself; the rest (geometry, seed, shuffle, GT
 #: format) is the mixture's, since one batch holds samples of every source.
-SOURCE_OPTIONS = ("task", "max_objects", "k_zero", "frames", "video_targets", "max_tiles")
+SOURCE_OPTIONS = ("task", "max_objects", "k_zero", "min_k", "frames", "video_targets",
+                  "max_tiles")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -249,7 +249,7 @@ def _caption_units(objects: list[dict], k_vp: np.ndarray, cfg: Any,
     units = []
     for i, obj in enumerate(objects):
         texts = object_texts(obj)[1]
-        if texts and (cfg.k_zero == "keep" or k_vp[i] > 0):
+        if texts and (cfg.k_zero == "keep" or k_vp[i] > 0) and k_vp[i] >= cfg.min_k:
             units.append((_pick(texts, rng), [i]))
     return units
 
@@ -485,6 +485,9 @@ def _plan(meta: dict, kind: str, task: str, k_vp: np.ndarray, cfg: Any,
     elif task == "caption_to_mask":
         units = _limit(referring_targets(objects, rng), cfg, rng)
     elif is_dialogue(meta):  # the stored dialogue names every region: all are prompted
+        if len(k_vp) and int(k_vp.min()) < cfg.min_k:
+            raise LoadError("min_k", f"a region covers {int(k_vp.min())} grid cells, fewer than "
+                                     f"min_k={cfg.min_k}", corrupt=False)
         units = [("", [i]) for i in range(len(objects))]
     else:
         units = _limit(_caption_units(objects, k_vp, cfg, rng), cfg, rng)

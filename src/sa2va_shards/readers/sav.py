@@ -76,6 +76,9 @@ class SavReader:
     #: optional Ref-SAV expression file (Sa2VA's `sam_v_final_v3.json`: {video_id: {objects:
     #: {column index: {formated, short_caps}}}}), relative to root: adds object captions.
     expressions: str | None = None
+    #: build only the videos the expression file names (Sa2VA's Ref-SAV selection: the
+    #: other SA-V videos are not inputs of this dataset, so they are neither read nor rejects).
+    only_expressions: bool = False
     #: frame pixel budget, checked from the stream header before any frame is decoded; the
     #: build sets it from `image.max_pixels`.
     max_pixels: int = 100_000_000
@@ -85,6 +88,8 @@ class SavReader:
     video_list: str | None = None
 
     def __post_init__(self) -> None:
+        if self.only_expressions and self.expressions is None:
+            raise ConfigError("sav only_expressions needs `expressions` (the Ref-SAV file)")
         if self.layout not in ("mp4", "frames", "png"):
             raise ConfigError(f"sav layout {self.layout!r}: expected 'mp4', 'frames' or 'png'")
         if self.frame_stride < 1 or (self.max_frames is not None and self.max_frames < 1):
@@ -103,6 +108,8 @@ class SavReader:
         items = []
         for path in sorted(base.rglob("*_manual.json")):
             video_id = path.name.removesuffix("_manual.json")
+            if self.only_expressions and video_id not in captions and video_id not in bad_captions:
+                continue
             rel = path.relative_to(self.root)
             if video_id in bad_captions:
                 items.append(bad_item(video_id, Reason.BAD_ANNOTATION, bad_captions[video_id]))
