@@ -391,9 +391,11 @@ def _encode_mp4(frames: list[np.ndarray], rotation: int = 0) -> bytes:
     h, w = frames[0].shape[:2]
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
-        # one encoder thread: x264's threaded encode differs from run to run, and the demo's
-        # inputs must be byte-reproducible
-        stream = container.add_stream("libx264", rate=24, options={"crf": "12", "threads": "1"})
+        # the demo's inputs must be byte-reproducible: x264 differs from run to run with
+        # threads, and (measured here) with its macroblock-tree lookahead even on one thread
+        stream = container.add_stream("libx264", rate=24, options={
+            "crf": "12", "x264-params": "threads=1:mbtree=0:rc-lookahead=0"})
+        stream.codec_context.thread_count = 1
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if rotation:
             stream.set_display_rotation(rotation)  # recent PyAV only; synth faults only
