@@ -22,7 +22,13 @@ from sa2va_shards.manifest import (
     read_card,
     read_manifest,
 )
-from sa2va_shards.schema import content_hash, decode_npy, decode_sample_json
+from sa2va_shards.schema import (
+    FRAME_MEMBER,
+    TILE_MEMBERS,
+    content_hash,
+    decode_npy,
+    decode_sample_json,
+)
 
 __all__ = ["MANIFESTS", "VerifyReport", "verify_build"]
 
@@ -82,9 +88,12 @@ def _check_sample(key: str, members: dict[str, bytes], grid: int, size: int) -> 
         meta = decode_sample_json(members["json"])
         rles_1024 = decode_sample_json(members["masks_1024.json"])
         gt = decode_sample_json(members["gt_masks.json"])
-        images = [v for name, v in sorted(members.items()) if name.endswith("jpg")]
+        images = [v for name, v in sorted(members.items()) if name in ("jpg", "png")
+                  or FRAME_MEMBER.fullmatch(name)]
         for data in images:
             ops.decode_image(data, max_pixels=size * size, name=key)
+        for name in TILE_MEMBERS & set(members):  # full-detail tiles: their own geometry
+            _check_tiles(name, members[name], meta)
     except Exception as e:  # noqa: BLE001 - verify reports, it does not stop
         return [f"{key}: member does not decode: {type(e).__name__}: {e}"]
     if meta.get("kind") == "video":  # frames axis first: flatten (T, n) to T * n
@@ -102,6 +111,16 @@ def _check_sample(key: str, members: dict[str, bytes], grid: int, size: int) -> 
             and prompt.shape[-3] == n_obj and len(images) == k.size // max(n_obj, 1)):
         problems.append(f"{key}: object or frame counts differ across members")
     return problems
+
+
+def _check_tiles(name: str, data: bytes, meta: dict) -> None:
+    """`thumb.jpg` is square; `tiles.jpg` has the shape of the grid the json records."""
+    a = ops.decode_image(data, max_pixels=1 << 28, name=name)
+    cols, rows = (meta.get("tiles") or {}).get("grid") or (1, 1)
+    h, w = a.shape[:2]
+    ok = h == w if name == "thumb.jpg" else (h % rows == 0 and h // rows * cols == w)
+    if not ok:
+        raise ValueError(f"{name} is {w}x{h}, not the recorded {cols}x{rows} tile grid")
 
 
 def _check_manifest_hashes(build_dir: Path, card: dict, report: VerifyReport) -> None:
