@@ -61,6 +61,7 @@ from sa2va_shards.epoch import PlanSource, epoch_plan, from_ranges, source_count
 from sa2va_shards.errors import SYSTEM_EXCEPTIONS, ConfigError
 from sa2va_shards.manifest import CARD
 from sa2va_shards.mixture import MixSource, Mixture, load_mixture
+from sa2va_shards.remote import ensure_local, is_remote, mirror
 from sa2va_shards.sa2va import collate_sa2va, encode_sample, model_inputs
 from sa2va_shards.samples import (
     TASKS,
@@ -143,6 +144,11 @@ class LoaderConfig:
     #: shards of a source merged at a time in the epoch's order (each still read front to
     #: back): a worker streams this many at once, so a batch mixes more shards.
     interleave: int = 4
+    #: local folder for builds on object storage (s3://, gs://, ...): their tables and a
+    #: bounded cache of their shards (`remote.py`); None: ~/.cache/sa2va_shards.
+    cache_dir: str | None = None
+    #: bytes of shards the cache keeps (least recently used go first).
+    cache_bytes: int = 50 * 2**30
     #: every rank gets the same number of samples per pass (DDP steps in lockstep); at most
     #: world_size - 1 samples of the epoch's tail are left out. False: ranks differ by <= 1.
     even_ranks: bool = True
@@ -348,7 +354,11 @@ class ShardDataset(IterableDataset):
 
     def _open_source(self, mix: MixSource) -> _Source:
         cfg = replace(self.cfg, **mix.loader) if mix.loader else self.cfg
-        urls, build = resolve_source(mix.build)
+        where = mix.build
+        if is_remote(where):  # a local mirror: tables now, shards when first read
+            cache = self.cfg.cache_dir or Path.home() / ".cache" / "sa2va_shards"
+            where = mirror(where, cache)
+        urls, build = resolve_source(where)
         card, counts = read_build(build) if build else ({}, {})
         _check_card(card, build, cfg, urls[0])
         _check_task(card, build, cfg)
@@ -513,9 +523,10 @@ class ShardDataset(IterableDataset):
     def _cursor(self, shard: int, source: _Source) -> _Cursor:
         url = self.urls[shard]
         wanted = partial(wanted_member, gt_masks=self.cfg.gt_masks)
+        fetch = partial(ensure_local, budget=self.cfg.cache_bytes)
         return _Cursor(lambda: TarStream([url], owned={url}, wanted=wanted,
                                          expected=source.counts, strict=self.cfg.strict,
-                                         report=self._count),
+                                         report=self._count, fetch=fetch),
                        source.keys[shard - source.first_shard])
 
     def _raw_stream(self, positions: np.ndarray) -> Iterator[dict]:

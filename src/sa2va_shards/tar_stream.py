@@ -236,16 +236,18 @@ class TarStream:
         report: called with (reason, detail) for each skipped shard or sample this stream owns.
         verify: check against the manifests (local shards of a build).
         verify_samples: also refuse samples whose content hash differs (needs `verify`).
+        fetch: called with a local shard path before it is opened (`remote.ensure_local`).
     """
 
     def __init__(self, urls: list[str], *, owned: set[str], wanted: Callable[[str], bool],
                  expected: dict[str, int], strict: bool,
                  report: Callable[[str, str], None], verify: bool = True,
-                 verify_samples: bool = True) -> None:
+                 verify_samples: bool = True,
+                 fetch: Callable[[Path], None] | None = None) -> None:
         self.urls, self.owned, self.wanted, self.expected = urls, owned, wanted, expected
         self.strict, self.report = strict, report
         self.verify, self.verify_samples = verify, verify and verify_samples
-        self.url, self.bad = "", set()
+        self.url, self.bad, self.fetch = "", set(), fetch
         self._changed = 0  # samples of the current shard refused for changed bytes
         self._manifests: dict[Path, _Manifest | None] = {}
 
@@ -277,6 +279,8 @@ class TarStream:
         the worker forever)."""
         try:
             local = _local_path(url)
+            if local is not None and self.fetch is not None:
+                self.fetch(local)  # a mirrored remote build: download the shard first
             return _HashingReader(open_regular(local) if local else gopen.gopen(url))
         except Exception as e:  # noqa: BLE001 - the handler decides (system errors re-raised)
             self._handler(e)
