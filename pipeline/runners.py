@@ -5,7 +5,6 @@ Progress is the caller's (`pipeline.progress`): runners only run."""
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import logging
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any
@@ -23,10 +22,18 @@ def run_serial(fn: Callable[..., Any], tasks: Sequence[Any], **kwargs: Any) -> I
         yield fn(task, **kwargs)
 
 
+def _has_ray_client() -> bool:
+    try:
+        import grpc  # noqa: F401 - Ray Client's transport
+    except ImportError:
+        return False
+    return True
+
+
 def _check_client(address: str) -> None:
     """`ray://` needs Ray Client (grpcio), which `ray[data]` does not pull in: say the one
     command that fixes it, before Ray fails with a traceback."""
-    if address.startswith("ray://") and importlib.util.find_spec("grpc") is None:
+    if address.startswith("ray://") and not _has_ray_client():
         import ray
 
         raise ConfigError(f"--address {address}: Ray Client is not installed; fix: "
