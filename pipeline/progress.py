@@ -52,12 +52,12 @@ class BuildProgress:
         self.done_samples = self.done_shards = self.rejected = 0
         self._run_samples = 0  # samples built by this run (resumed shards are not a rate)
         self._t0 = time.perf_counter()
-        self._bar = tqdm(total=total_samples, desc=dataset, unit="sample", disable=not bar,
-                         dynamic_ncols=True)
         self._log: TextIO | None = None
-        if log_json:
+        if log_json:  # first: a log that cannot be opened leaves no bar behind
             Path(log_json).parent.mkdir(parents=True, exist_ok=True)
             self._log = open(log_json, "a", encoding="utf-8")  # closed in close()
+        self._bar = tqdm(total=total_samples, desc=dataset, unit="sample", disable=not bar,
+                         dynamic_ncols=True)
 
     def _emit(self, event: str, **fields: Any) -> None:
         if self._log is None:

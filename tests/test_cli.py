@@ -59,10 +59,15 @@ def _wrong_argvs(s: dict) -> list[list[str]]:
     bad_format.write_text(yaml.safe_dump({"dataset": "x", "reader": {"format": "nope",
                                                                      "root": "."}}))
     odd_patch = _write_config(tmp / "odd.yaml", s["raw"], tmp / "o3", vision={"patch_size": 15})
+    no_root = _write_config(tmp / "no_root.yaml", tmp / "nothing", tmp / "o4")
+    bad_option = _write_config(tmp / "bad_option.yaml", s["raw"], tmp / "o5")
+    bad_option.write_text(bad_option.read_text().replace("format: coco",
+                                                         "format: coco\n  options: {imgs: x}"))
     nothing, a_file, empty = str(tmp / "nothing"), str(tmp / "file.txt"), str(tmp / "empty")
     return [
         [], ["frob"], ["build"], ["build", nothing], ["build", a_file], ["build", str(bad_key)],
-        ["build", str(bad_format)], ["build", str(odd_patch)], ["build", cfg, "--limit", "0"],
+        ["build", str(bad_format)], ["build", str(odd_patch)], ["build", str(no_root)],
+        ["build", str(bad_option)], ["build", cfg, "--limit", "0"],
         ["build", cfg, "--limit", "x"], ["build", cfg, "--runner", "fast"],
         ["build", cfg, "--num-cpus", "0"], ["build", cfg, "--out", a_file],
         ["demo", "--scale", "x"], ["demo", "--serial", "--out", a_file + "/below"],
@@ -135,14 +140,15 @@ def test_a_build_folder_a_dataset_folder_and_a_name_mean_the_same_build(site, ca
                                                                         monkeypatch):
     full, root = site["full"], str(site["root"])
     forms = [[str(full)], [str(site["dataset"])], ["cli", "--root", root],
-             ["cli@latest", "--root", root], [f"cli@{full.name[:6]}", "--root", root]]
+             ["cli@latest", "--root", root], [f"cli@{full.name[:6]}", "--root", root],
+             [full.name, "--root", root]]
     for form in forms:
         assert f"{full}: " in _verify_says(["verify", *form, "--shallow"], capsys), form
     monkeypatch.setenv("SA2VA_SHARDS_OUT", root)
     assert f"{full}: " in _verify_says(["verify", "cli", "--shallow"], capsys)
     partial = site["partial"]
     assert f"{partial}: " in _verify_says(["verify", f"cli@{partial.name}", "--shallow"], capsys)
-    for form in (str(site["dataset"]), str(full), "cli"):
+    for form in (str(site["dataset"]), str(full), "cli", full.name):
         assert main(["versions", form, "--json"]) == 0
         assert len(json.loads(capsys.readouterr().out)) == 2
     assert main(["diff", f"cli@{partial.name}", "cli", "--json"]) == 0

@@ -21,7 +21,8 @@ __all__ = ["OUT_ENV", "default_root", "resolve_build", "resolve_dataset"]
 #: environment variable naming the output root `DATASET@VERSION` resolves against.
 OUT_ENV = "SA2VA_SHARDS_OUT"
 
-#: `DATASET`, `DATASET@VERSION` or `DATASET@latest` (dataset names are letters, digits, _ and -).
+#: `DATASET`, `DATASET@VERSION` or `DATASET@latest` (dataset names are letters, digits, _ and -);
+#: a bare `VERSION` is looked up in every dataset under the root.
 _REF = re.compile(r"(?P<dataset>[A-Za-z0-9_-]+)(?:@(?P<version>[A-Za-z0-9_.-]*))?")
 
 _FORMS = ("a build folder OUT/<dataset>/<version>, a dataset folder OUT/<dataset> "
@@ -50,6 +51,25 @@ def _from_ref(arg: str, root: Path) -> tuple[Path, str | None]:
                           f"${OUT_ENV} or ./out)")
     version = m["version"]
     return dataset_dir, None if version in (None, "", LATEST) else version
+
+
+def _bare_version(arg: str, root: Path) -> Path | None:
+    """A bare version id (or a prefix of one) of some dataset under `root`, if unambiguous."""
+    hits = sorted(d for d in root.glob(f"*/{arg}*") if (d / CARD).is_file())
+    if len(hits) > 1:
+        raise ConfigError(f"{arg}: a version of several builds under {root}: "
+                          f"{', '.join(f'{d.parent.name}@{d.name}' for d in hits)}")
+    return hits[0] if hits else None
+
+
+def _build_from_ref(arg: str, root: Path) -> Path:
+    m = _REF.fullmatch(arg)
+    if m and m["version"] is None and not (root / arg).is_dir():
+        bare = _bare_version(arg, root)
+        if bare is not None:
+            return bare
+    dataset_dir, version = _from_ref(arg, root)
+    return _follow_latest(dataset_dir) if version is None else _pick_version(dataset_dir, version)
 
 
 def _pick_version(dataset_dir: Path, version: str) -> Path:
@@ -102,9 +122,7 @@ def resolve_build(arg: str | Path, root: str | Path | None = None, *,
     """
     path = Path(arg)
     if not path.exists():
-        dataset_dir, version = _from_ref(str(arg), default_root(root))
-        return _follow_latest(dataset_dir) if version is None else _pick_version(dataset_dir,
-                                                                                  version)
+        return _build_from_ref(str(arg), default_root(root))
     if not path.is_dir():
         raise ConfigError(f"{path}: a file, not a folder (expected {_FORMS})")
     if (path / CARD).exists():
@@ -120,14 +138,19 @@ def resolve_build(arg: str | Path, root: str | Path | None = None, *,
 
 def resolve_dataset(arg: str | Path, root: str | Path | None = None) -> Path:
     """The dataset folder (OUT/<dataset>) `arg` names: itself, the dataset of a build folder,
-    or `DATASET` / `DATASET@...` under the output root.
+    or `DATASET` / `DATASET@...` / a bare version id under the output root.
 
     Raises:
         ConfigError: nothing there, or a folder that holds no versions.
     """
     path = Path(arg)
     if not path.exists():
-        return _from_ref(str(arg), default_root(root))[0]
+        base = default_root(root)
+        if _REF.fullmatch(str(arg)) and "@" not in str(arg) and not (base / arg).is_dir():
+            bare = _bare_version(str(arg), base)
+            if bare is not None:
+                return bare.parent
+        return _from_ref(str(arg), base)[0]
     if not path.is_dir():
         raise ConfigError(f"{path}: a file, not a folder (expected a dataset folder "
                           "OUT/<dataset>, a build folder in it, or DATASET)")
