@@ -59,8 +59,9 @@ class BuildResult:
 
 
 #: `runner="auto"` builds in-process when the shards still to build hold at most this many
-#: inputs (or are one shard): starting Ray costs ~9 s on 2 cores, which serial work of this
-#: size does not (docs/benchmarks.md: 46 inputs 1.0 s serial vs 9.9 s Ray; 400: 7.0 vs 13.7 s).
+#: inputs (or are one shard): Ray's fixed cost (~8-10 s: start-up, torch imported per worker)
+#: outweighs its speed-up below this (docs/benchmarks.md: 46 inputs 1.0 s serial vs 7.7 s on
+#: a 2-CPU Ray, 400: 8.0 vs 16.0 s; break-even ~800-1600 inputs on 2 cores, ~300 on 16).
 AUTO_SERIAL_MAX_INPUTS = 500
 
 
@@ -246,8 +247,8 @@ def _build_locked(cfg: BuildConfig, plans: list[ShardPlan], plan_rejects: list[R
             t_shards = time.perf_counter() - t0 - t_index
             built = _commit(cfg, results, plan_rejects, fingerprint, version, build_dir,
                             timings={"index_s": round(t_index, 3),
-                                     "shards_s": round(t_shards, 3), "t0": t0},
-                            runner=runner, resumed=len(done), run=run)
+                                     "shards_s": round(t_shards, 3)},
+                            t0=t0, runner=runner, resumed=len(done), run=run)
             bar.end("built", counts=built.counts, timings=built.timings)
             return built
         except BaseException as e:
@@ -259,15 +260,14 @@ def _build_locked(cfg: BuildConfig, plans: list[ShardPlan], plan_rejects: list[R
 
 
 def _commit(cfg: BuildConfig, results: list[ShardResult], plan_rejects: list[RejectRecord],
-            fingerprint: str, version: str, build_dir: Path, *, timings: dict, runner: str,
-            resumed: int, run: _Run) -> BuildResult:
+            fingerprint: str, version: str, build_dir: Path, *, timings: dict, t0: float,
+            runner: str, resumed: int, run: _Run) -> BuildResult:
     """Tables, then the card, then `latest`: the build is complete only at the end."""
     counts = count_summary(results, plan_rejects)
     _check_counts(counts)
     manifests = write_tables(build_dir, results, plan_rejects)
-    t0, t_shards = timings.pop("t0"), timings["shards_s"]
     timings |= {"total_s": round(time.perf_counter() - t0, 3),
-                "samples_per_s": round(counts["read"] / max(t_shards, 1e-9), 2),
+                "samples_per_s": round(counts["read"] / max(timings["shards_s"], 1e-9), 2),
                 "max_worker_rss_mb": round(max((r.max_rss_mb for r in results), default=0), 1)}
     parent = read_latest(build_dir.parent)
     card = _card(cfg, version, fingerprint, counts, timings, runner, resumed, parent)
