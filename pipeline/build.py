@@ -29,6 +29,7 @@ from sa2va_shards.manifest import (
     write_tables,
 )
 from sa2va_shards.plan import plan_shards
+from sa2va_shards.provenance import code_fingerprint, code_id, files_fingerprint
 from sa2va_shards.readers import get_reader
 from sa2va_shards.records import RejectRecord, ShardPlan, ShardResult
 from sa2va_shards.schema import SCHEMA_VERSION
@@ -166,7 +167,9 @@ def run_build(cfg: BuildConfig, *, address: str | None = None, num_cpus: int | N
     _check_out(cfg.out)
     items, partial = _apply_limit(get_reader(cfg.reader).list_items(), limit)
     fingerprint = input_fingerprint(items)
-    version = version_id(cfg, fingerprint) + (f"-first{partial['limit']}" if partial else "")
+    files = files_fingerprint(cfg.reader.root, cfg.reader.fingerprint)
+    version = (version_id(cfg, fingerprint, code=code_id(), files=files)
+               + (f"-first{partial['limit']}" if partial else ""))
     build_dir = Path(cfg.out) / cfg.dataset / version
     t_index = time.perf_counter() - t0
     plans, plan_rejects = plan_shards(items, dataset=cfg.dataset,
@@ -179,8 +182,8 @@ def run_build(cfg: BuildConfig, *, address: str | None = None, num_cpus: int | N
                resume=resume, progress=progress, log_json=log_json, partial=partial)
     try:
         with _build_lock(build_dir):
-            return _build_locked(cfg, plans, plan_rejects, fingerprint, version, build_dir,
-                                 t0, t_index, run)
+            return _build_locked(cfg, plans, plan_rejects, (fingerprint, files), version,
+                                 build_dir, t0, t_index, run)
     except (FileExistsError, NotADirectoryError, PermissionError) as e:
         raise ConfigError(f"out: cannot write {build_dir}: {type(e).__name__}: {e}") from e
 
@@ -226,8 +229,8 @@ def _reuse(build_dir: Path, version: str, run: _Run) -> BuildResult:
 
 
 def _build_locked(cfg: BuildConfig, plans: list[ShardPlan], plan_rejects: list[RejectRecord],
-                  fingerprint: str, version: str, build_dir: Path, t0: float, t_index: float,
-                  run: _Run) -> BuildResult:
+                  fingerprints: tuple[str, str], version: str, build_dir: Path, t0: float,
+                  t_index: float, run: _Run) -> BuildResult:
     if (build_dir / CARD).exists():
         return _reuse(build_dir, version, run)
     done = {p.name: r for p in plans if run.resume and (r := load_progress(build_dir, p.name))}
@@ -245,7 +248,7 @@ def _build_locked(cfg: BuildConfig, plans: list[ShardPlan], plan_rejects: list[R
                       build_dir=str(build_dir), runner=runner, partial=run.partial)
             results = list(done.values()) + _run_shards(cfg, todo, build_dir, run, runner, bar)
             t_shards = time.perf_counter() - t0 - t_index
-            built = _commit(cfg, results, plan_rejects, fingerprint, version, build_dir,
+            built = _commit(cfg, results, plan_rejects, fingerprints, version, build_dir,
                             timings={"index_s": round(t_index, 3),
                                      "shards_s": round(t_shards, 3)},
                             t0=t0, runner=runner, resumed=len(done), run=run)
@@ -260,9 +263,10 @@ def _build_locked(cfg: BuildConfig, plans: list[ShardPlan], plan_rejects: list[R
 
 
 def _commit(cfg: BuildConfig, results: list[ShardResult], plan_rejects: list[RejectRecord],
-            fingerprint: str, version: str, build_dir: Path, *, timings: dict, t0: float,
-            runner: str, resumed: int, run: _Run) -> BuildResult:
+            fingerprints: tuple[str, str], version: str, build_dir: Path, *, timings: dict,
+            t0: float, runner: str, resumed: int, run: _Run) -> BuildResult:
     """Tables, then the card, then `latest`: the build is complete only at the end."""
+    _check_code(results)
     counts = count_summary(results, plan_rejects)
     _check_counts(counts)
     manifests = write_tables(build_dir, results, plan_rejects)
@@ -270,7 +274,7 @@ def _commit(cfg: BuildConfig, results: list[ShardResult], plan_rejects: list[Rej
                 "samples_per_s": round(counts["read"] / max(timings["shards_s"], 1e-9), 2),
                 "max_worker_rss_mb": round(max((r.max_rss_mb for r in results), default=0), 1)}
     parent = read_latest(build_dir.parent)
-    card = _card(cfg, version, fingerprint, counts, timings, runner, resumed, parent)
+    card = _card(cfg, version, fingerprints, counts, timings, runner, resumed, parent)
     # a smoke build (--limit) says so, with its limit; `latest` never points at it
     card |= {"partial": bool(run.partial), **(run.partial or {})}
     (build_dir / COMMITTING).touch()
@@ -281,8 +285,18 @@ def _commit(cfg: BuildConfig, results: list[ShardResult], plan_rejects: list[Rej
                        limit=(run.partial or {}).get("limit"))
 
 
-def _card(cfg: BuildConfig, version: str, fingerprint: str, counts: dict, timings: dict,
-          runner: str, resumed: int, parent: str | None) -> dict:
+def _check_code(results: list[ShardResult]) -> None:
+    """Every shard was written by this code: a cluster worker running another package or
+    codec version would give the version bytes its id does not describe."""
+    other = sorted({r.shard.file for r in results if r.shard.code != code_id()})
+    if other:
+        raise ConfigError(f"{len(other)} shard(s) ({', '.join(other[:3])}...) were written by "
+                          f"code other than this driver's ({code_id()}): install the same "
+                          "package and libraries on every node, then rebuild")
+
+
+def _card(cfg: BuildConfig, version: str, fingerprints: tuple[str, str], counts: dict,
+          timings: dict, runner: str, resumed: int, parent: str | None) -> dict:
     return {
         "dataset": cfg.dataset,
         "version": version,
@@ -290,8 +304,10 @@ def _card(cfg: BuildConfig, version: str, fingerprint: str, counts: dict, timing
         "schema_version": SCHEMA_VERSION,
         "created": datetime.now(timezone.utc).isoformat(timespec="microseconds"),
         "code_version": __version__,
+        "code": code_fingerprint(),
         "config": cfg.to_dict(),
-        "input_fingerprint": fingerprint,
+        "input_fingerprint": fingerprints[0],
+        "files_fingerprint": fingerprints[1],
         "preprocessing": {
             "image_size": cfg.image.size,
             "grid": cfg.vision.grid,

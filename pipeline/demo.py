@@ -26,6 +26,9 @@ DEMO_SETS: tuple[tuple[str, str, int, tuple[str, ...], dict], ...] = (
     ("refcoco", "demo_refcoco", 12, ("missing_image", "bad_polygon", "missing_ann"), {}),
     ("sav", "demo_sav", 4, ("corrupt_video", "size_mismatch"),
      {"expressions": "sam_v_final_v3.json"}),
+    ("mevis", "demo_mevis", 4, ("missing_frame", "bad_rle", "missing_mask_id"), {}),
+    ("revos", "demo_revos", 4, ("size_mismatch", "mask_length"), {}),
+    ("refytvos", "demo_refytvos", 4, ("corrupt_frame", "bad_expression"), {}),
 )
 
 

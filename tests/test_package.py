@@ -52,3 +52,13 @@ def test_configs_in_the_repo_parse():
 
     for path in sorted((ROOT / "configs").glob("*.yaml")):
         load_config(path)
+
+
+def test_mixtures_in_the_repo_parse():
+    from sa2va_shards.mixture import load_mixture
+
+    paths = sorted((ROOT / "configs" / "mixtures").glob("*.yaml"))
+    assert paths
+    for path in paths:
+        mixture = load_mixture(path)
+        assert all(s.repeat or s.weight for s in mixture.sources)

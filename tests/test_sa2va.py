@@ -9,6 +9,7 @@ import json
 import re
 import tarfile
 import warnings
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -30,7 +31,13 @@ from sa2va_shards.encode import (
 )
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.loader import CorruptDataWarning, LoaderConfig, ShardDataset, ShardLoader
-from sa2va_shards.samples import Wording, clean_phrase, dialogue_turns, sample_frames
+from sa2va_shards.samples import (
+    Wording,
+    clean_phrase,
+    dialogue_turns,
+    referring_turns,
+    sample_frames,
+)
 from tests.helpers.sa2va_model import fill_slots, seg_targets
 from tests.helpers.tokenizer import tiny_tokenizer
 
@@ -38,7 +45,8 @@ TOKENS = VisionConfig().tokens_per_image
 TASKS = ("mask_to_caption", "caption_to_mask")
 #: what each demo format can serve (Osprey: its stored dialogues only).
 SERVES = {"coco": TASKS, "osprey": ("mask_to_caption",), "describe_anything": TASKS,
-          "refcoco": TASKS, "sav": TASKS}
+          "refcoco": TASKS, "sav": TASKS, "mevis": TASKS, "revos": TASKS, "refytvos": TASKS}
+VIDEO = {"sav", "mevis", "revos", "refytvos"}
 
 
 @pytest.fixture(scope="module")
@@ -46,7 +54,7 @@ def builds(synth, tmp_path_factory):
     """Every demo format, built serially (small sets, the demo's reader options)."""
     out, result = tmp_path_factory.mktemp("sa2va"), {}
     for fmt, name, _, _, options in DEMO_SETS:
-        root = synth(fmt, n_items=6 if fmt != "sav" else 3, seed=3)
+        root = synth(fmt, n_items=3 if fmt in VIDEO else 6, seed=3)
         cfg = parse_config({"dataset": name, "reader": {"format": fmt, "root": str(root),
                                                         "options": options},
                             "shards": {"samples_per_shard": 3}, "out": str(out)})
@@ -126,7 +134,7 @@ def test_every_build_and_task_fills_the_models_slots(builds, encoder, fmt, task,
             assert "masks" not in data and data["frames_per_batch"] == []
             assert data["vp_overall_mask"].dtype == torch.bool
             assert all(p.dtype == torch.uint8 for p in data["prompt_masks"])
-        _check_contract_types(data, video=fmt == "sav")
+        _check_contract_types(data, video=fmt in VIDEO)
 
 
 def _check_contract_types(data: dict, *, video: bool) -> None:
@@ -233,7 +241,7 @@ _PHRASE = re.compile(r"(?:Segment the |Where is the |mask of the |Find the |belo
                      r"(.+?)(?:\? |\.|$| in the image)")
 
 
-@pytest.mark.parametrize("fmt", ["coco", "refcoco", "describe_anything", "sav"])
+@pytest.mark.parametrize("fmt", ["coco", "refcoco", "describe_anything", "sav", "revos"])
 def test_no_phrase_names_two_targets_and_unions_are_exact(builds, fmt):
     cfg = LoaderConfig(task="caption_to_mask", gt_masks="full", gt_format="dense")
     seen = 0
@@ -245,7 +253,8 @@ def test_no_phrase_names_two_targets_and_unions_are_exact(builds, fmt):
             masks = s["gt_masks"][-1] if s["kind"] == "video" else s["gt_masks"]
             for turn, text, mask in zip(s["conversation"], s["texts"], masks, strict=True):
                 phrase = clean_phrase(text)
-                assert f"the {phrase}" in turn["input"]
+                asked = text.strip() if "?" in text else f"the {phrase}"
+                assert asked in turn["input"]
                 digest = mask.numpy().tobytes()
                 assert targets.setdefault(phrase, digest) == digest, phrase
             if fmt == "coco":  # each category's target is the union of all its instances
@@ -260,6 +269,14 @@ def test_no_phrase_names_two_targets_and_unions_are_exact(builds, fmt):
                     seen += len(cats) > 1
     if fmt == "coco":
         assert seen > 0  # some images hold several instances of a category
+
+
+def test_question_expressions_are_asked_as_written():
+    turns = referring_turns(["What is the animal that jumps?", "the red car."], "<IMG>",
+                            np.random.default_rng(0), Wording(seg_questions=("Find {phrase}.",)))
+    assert turns[0]["input"] == "<IMG>What is the animal that jumps?"
+    assert turns[1]["input"] == "Find red car."
+    assert all(t["output"].count("[SEG]") == 1 for t in turns)
 
 
 def test_clean_phrase_drops_one_article_and_full_stop():
@@ -411,3 +428,14 @@ def test_tiny_sa2va_trains_through_encode_and_collate(builds, encoder, fmt, task
         loss.backward()
         opt.step()
     assert torch.isfinite(loss) and loss.item() < 0.8 * first
+
+
+def test_min_k_skips_dialogues_and_regions_below_it(builds):
+    cfg = LoaderConfig(gt_masks="none", min_k=4, k_zero="keep")
+    ds = ShardDataset(builds["osprey"], cfg)
+    served = list(ds)
+    assert all(int(s["k"].min()) >= 4 for s in served)
+    total = ShardDataset(builds["osprey"]).num_samples
+    assert len(served) + ds.stats["min_k"] == total and ds.stats["min_k"] > 0
+    coco = [s for s in ShardDataset(builds["coco"], replace(cfg, min_k=3))]
+    assert coco and all(int(s["k"].min()) >= 3 for s in coco)

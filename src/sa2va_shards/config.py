@@ -74,6 +74,10 @@ class ImageConfig:
     jpeg_quality: int = 95
     #: images with more pixels are rejected (decompression-bomb guard).
     max_pixels: int = 100_000_000
+    #: also store, for the loader's InternVL tiles, the original resized once to its dynamic
+    #: tile grid for up to this many tiles (`tiles.jpg`) and to the 448 thumbnail
+    #: (`thumb.jpg`), so tiles keep the source's detail; 0: tiles are cut from the 1024 image.
+    tiles: int = 0
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -102,6 +106,10 @@ class ReaderConfig:
     format: str
     root: str
     options: dict[str, Any] = field(default_factory=dict)
+    #: how the input files enter the version id: `stat` (path, size, modification time of
+    #: every file under root: cheap; a copy without times is a new id) or `content` (their
+    #: bytes: reads the dataset once more, and the id survives copies).
+    fingerprint: Literal["stat", "content"] = "stat"
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -222,6 +230,8 @@ def _validate(cfg: BuildConfig) -> None:
         raise ConfigError(f"image.size: {cfg.image.size} smaller than the grid {cfg.vision.grid}")
     if cfg.shards.samples_per_shard < 1:
         raise ConfigError("shards.samples_per_shard: must be >= 1")
+    if not 0 <= cfg.image.tiles <= 40:
+        raise ConfigError(f"image.tiles: {cfg.image.tiles} not in [0, 40] (InternVL uses 12)")
     if not cfg.dataset.replace("_", "").replace("-", "").isalnum():
         raise ConfigError(f"dataset: {cfg.dataset!r} must be letters, digits, '_' or '-'")
 

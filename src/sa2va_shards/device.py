@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch.utils.data import default_collate
 
 from sa2va_shards.config import VisionConfig
+from sa2va_shards.ops.tiles import dynamic_grid, tile_count
 
 __all__ = [
     "IMAGENET_MEAN",
@@ -38,41 +39,6 @@ __all__ = [
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-
-
-def _target_ratios(min_num: int, max_num: int) -> list[tuple[int, int]]:
-    # Built exactly as Sa2VA's utils.py does (a set, then a stable sort by area): equal-area
-    # ratios keep the set's iteration order, which decides exact aspect-ratio ties.
-    ratios = {(i, j) for n in range(min_num, max_num + 1) for i in range(1, n + 1)
-              for j in range(1, n + 1) if min_num <= i * j <= max_num}
-    return sorted(ratios, key=lambda x: x[0] * x[1])
-
-
-def dynamic_grid(width: int, height: int, *, max_num: int, min_num: int = 1,
-                 image_size: int = 448) -> tuple[int, int]:
-    """(columns, rows) of InternVL's `dynamic_preprocess` for an original width x height image.
-
-    Same rule as Sa2VA `projects/llava_sam2/datasets/utils.py`: among grids with
-    min_num <= i*j <= max_num sorted by area, take the one whose i/j is closest to w/h; on an
-    exact tie a later (larger) grid wins if w*h > 0.5 * image_size^2 * i*j.
-    """
-    if width < 1 or height < 1 or max_num < min_num or min_num < 1:
-        raise ValueError(f"bad tiling input: {width}x{height}, min {min_num}, max {max_num}")
-    aspect, area = width / height, width * height
-    best_diff, best = float("inf"), (1, 1)
-    for ratio in _target_ratios(min_num, max_num):
-        diff = abs(aspect - ratio[0] / ratio[1])
-        if diff < best_diff:
-            best_diff, best = diff, ratio
-        elif diff == best_diff and area > 0.5 * image_size * image_size * ratio[0] * ratio[1]:
-            best = ratio
-    return best
-
-
-def tile_count(grid: Sequence[int]) -> int:
-    """Tiles InternVL feeds for a (columns, rows) grid: the crops, plus a thumbnail if > 1."""
-    blocks = int(grid[0]) * int(grid[1])
-    return blocks + 1 if blocks > 1 else 1
 
 
 def resize_images(images: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -99,7 +65,8 @@ def normalize_images(x: torch.Tensor, *, dtype: torch.dtype = torch.float32) -> 
 
 
 def make_tiles(images: torch.Tensor, thumbs: torch.Tensor, grids: torch.Tensor,
-               frames: torch.Tensor, *, tile: int) -> torch.Tensor:
+               frames: torch.Tensor, *, tile: int,
+               stored: Sequence[torch.Tensor | None] = ()) -> torch.Tensor:
     """InternVL tiles for a batch: per sample its row-major crops then the thumbnail.
 
     Args:
@@ -108,6 +75,9 @@ def make_tiles(images: torch.Tensor, thumbs: torch.Tensor, grids: torch.Tensor,
         grids: (B, 2) (columns, rows); (1, 1) means the thumbnail only (videos: one per frame).
         frames: (B,) frames per sample.
         tile: the tile side (448).
+        stored: per sample, the build's full-detail image at its grid ((rows * tile,
+            cols * tile, 3) uint8, `image.tiles`) or None: crops are cut from it unresampled
+            instead of from the S x S image.
 
     Returns:
         (sum of tile counts, 3, tile, tile) normalised, samples in batch order.
@@ -123,6 +93,10 @@ def make_tiles(images: torch.Tensor, thumbs: torch.Tensor, grids: torch.Tensor,
         first = starts[sel]  # tiled samples are images: one frame each
         big = normalize_images(resize_images(images[first], (tile * rows, tile * cols)),
                                dtype=thumbs.dtype)
+        for j, i in enumerate(sel):
+            if i < len(stored) and stored[i] is not None:  # full detail, one resample
+                big[j] = normalize_images(stored[i].permute(2, 0, 1)[None],
+                                          dtype=thumbs.dtype)[0]
         crops = big.unflatten(2, (rows, tile)).unflatten(4, (cols, tile))  # m,3,r,t,c,t
         crops = crops.permute(0, 2, 4, 1, 3, 5).reshape(len(sel), rows * cols, 3, tile, tile)
         for j, i in enumerate(sel):
@@ -146,12 +120,22 @@ def unpack_masks(packed: torch.Tensor, *, height: int) -> torch.Tensor:
 _BIT_TABLE = ((torch.arange(256).view(256, 1) >> torch.arange(7, -1, -1)) & 1).to(torch.uint8)
 
 
+def _stored_thumbs(out: dict[str, Any], dtype: torch.dtype) -> None:
+    """Put the build's full-detail 448 thumbnails (`image.tiles`) in place of the ones
+    resized from the S x S image, sample by sample."""
+    starts = (torch.cumsum(out["frames_per_sample"], 0) - out["frames_per_sample"]).tolist()
+    for start, thumb in zip(starts, out.get("thumb") or (), strict=False):
+        if thumb is not None:
+            out["pixel_values"][start] = normalize_images(thumb.permute(2, 0, 1)[None],
+                                                          dtype=dtype)[0]
+
+
 def _move(value: Any, device: torch.device, non_blocking: bool) -> Any:
     if isinstance(value, torch.Tensor):
         if device.type == "cuda" and not value.is_pinned():
             value = value.pin_memory()  # async H2D copies need page-locked memory
         return value.to(device, non_blocking=non_blocking)
-    if isinstance(value, list) and value and isinstance(value[0], torch.Tensor):
+    if isinstance(value, list) and any(isinstance(v, torch.Tensor) for v in value):
         return [_move(v, device, non_blocking) for v in value]
     return value
 
@@ -196,9 +180,11 @@ def to_device(batch: dict[str, Any], device: str | torch.device = "cpu", *,
     side = vision.image_size
     images = out["g_pixel_values"]
     out["pixel_values"] = normalize_images(resize_images(images, (side, side)), dtype=dtype)
+    _stored_thumbs(out, dtype)
     if "tile_grid" in out:
         out["tiles"] = make_tiles(images, out["pixel_values"], out["tile_grid"].cpu(),
-                                  out["frames_per_sample"].cpu(), tile=side)
+                                  out["frames_per_sample"].cpu(), tile=side,
+                                  stored=out.get("tile_image") or ())
     _unpack_all(out)
     return out
 
@@ -229,6 +215,8 @@ def _views(flat: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tens
 _TENSOR_FIELDS = ("prompt_masks", "k", "gt_masks_1024", "gt_masks")
 _LIST_FIELDS = (*_TENSOR_FIELDS, "conversation", "task", "kind", "objects", "object_index",
                 "source", "texts", "meta")
+#: per-sample full-detail images (`image.tiles`), None where the build has none.
+_OPTIONAL_FIELDS = ("tile_image", "thumb")
 
 
 def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
@@ -241,13 +229,15 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
     `frames_per_sample` (B,), `prompt_masks` [(n, G, G) bool], `k` [(n,) int64],
     `gt_masks_1024` / `gt_masks` [packed uint8 or (n, H, W) uint8], `orig_size` (B, 2) (H, W),
     `num_tiles` (B,), `tile_grid` (B, 2) (columns, rows) when tiling, `conversation`
-    [[{input, output}]], `task`, `kind`, `objects`, `object_index`, `texts`, `meta`,
-    `keys`, `urls`, `gt_packed`, `batch_size`, `__progress__` (B,) (each sample's position
-    in the epoch's plan), `__skipped__` [(reason, detail, corrupt)] reported by the worker.
+    [[{input, output}]], `task`, `kind`, `objects`, `object_index`, `source`, `texts`,
+    `meta`, `keys`, `urls`, `gt_packed`, `batch_size`, `__progress__` (B,) (each sample's
+    position in the epoch's plan), `__done__` (positions the worker skipped since its last
+    batch), `__skipped__` [(reason, detail, corrupt)] reported by the worker.
     """
     skipped = [x for s in samples for x in s.get("__skipped__") or ()]
+    done = [p for s in samples for p in s.get("__done__") or ()]
     real = [s for s in samples if "image" in s]
-    batch: dict[str, Any] = {"__skipped__": skipped, "batch_size": len(real),
+    batch: dict[str, Any] = {"__skipped__": skipped, "__done__": done, "batch_size": len(real),
                              "__progress__": torch.tensor([s["__progress__"] for s in real],
                                                           dtype=torch.long).reshape(-1)}
     if not real:
@@ -265,6 +255,9 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
             batch[name] = [s[name] for s in real]
             if name in _TENSOR_FIELDS:
                 batch[name] = TensorList(batch[name])
+    if any(s.get(name) is not None for s in real for name in _OPTIONAL_FIELDS):
+        for name in _OPTIONAL_FIELDS:
+            batch[name] = [s.get(name) for s in real]
     batch["keys"], batch["urls"] = [s["__key__"] for s in real], [s["__url__"] for s in real]
     batch["gt_packed"] = real[0]["gt_packed"]
     return batch

@@ -36,6 +36,11 @@ class Reason(str, Enum):
     CORRUPT_ARCHIVE = "corrupt_archive"
     #: an annotation over its budget (a pickle that expands, a masklet too large).
     ANNOTATION_TOO_LARGE = "annotation_too_large"
+    #: a dialogue element (Osprey) without one complete question/answer pair: nothing to train.
+    NO_DIALOGUE = "no_dialogue"
+    #: a record in a published layout the reader does not read as such (Describe-Anything's
+    #: per-frame video records: which frame their masks annotate is unverified).
+    UNSUPPORTED_LAYOUT = "unsupported_layout"
     UNEXPECTED = "unexpected_error"
 
 

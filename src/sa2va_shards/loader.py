@@ -61,6 +61,7 @@ from sa2va_shards.epoch import PlanSource, epoch_plan, from_ranges, source_count
 from sa2va_shards.errors import SYSTEM_EXCEPTIONS, ConfigError
 from sa2va_shards.manifest import CARD
 from sa2va_shards.mixture import MixSource, Mixture, load_mixture
+from sa2va_shards.remote import ensure_local, is_remote, mirror
 from sa2va_shards.sa2va import collate_sa2va, encode_sample, model_inputs
 from sa2va_shards.samples import (
     TASKS,
@@ -98,7 +99,7 @@ Task = Literal["mask_to_caption", "caption_to_mask", "mixed"]
 GtMasks = Literal["none", "1024", "full", "both"]
 _STATE_FORMAT = 2
 #: skip reasons that are a policy, not corruption (reported once per pass, never raised).
-QUIET_REASONS = frozenset({"no_usable_objects", "task_not_served", "too_long"})
+QUIET_REASONS = frozenset({"no_usable_objects", "task_not_served", "too_long", "min_k"})
 
 
 class SkippedSamplesWarning(UserWarning):
@@ -128,6 +129,10 @@ class LoaderConfig:
     max_objects: int | None = None
     #: region captioning only: 'drop' objects with K = 0 (no visual-prompt token), or 'keep'.
     k_zero: Literal["keep", "drop"] = "drop"
+    #: region captioning: regions must cover at least this many grid cells; an object below it
+    #: is not captioned, and a stored dialogue (Osprey) naming one is skipped (`min_k`), as
+    #: Sa2VA v2's Osprey loader does with 4. 0: no minimum.
+    min_k: int = 0
     #: InternVL dynamic tiles up to this many (+ thumbnail); 0 or 1 = the 448 thumbnail only.
     max_tiles: int = 0
     #: seed of every random choice (shard order, buffer, objects, questions).
@@ -139,6 +144,11 @@ class LoaderConfig:
     #: shards of a source merged at a time in the epoch's order (each still read front to
     #: back): a worker streams this many at once, so a batch mixes more shards.
     interleave: int = 4
+    #: local folder for builds on object storage (s3://, gs://, ...): their tables and a
+    #: bounded cache of their shards (`remote.py`); None: ~/.cache/sa2va_shards.
+    cache_dir: str | None = None
+    #: bytes of shards the cache keeps (least recently used go first).
+    cache_bytes: int = 50 * 2**30
     #: every rank gets the same number of samples per pass (DDP steps in lockstep); at most
     #: world_size - 1 samples of the epoch's tail are left out. False: ranks differ by <= 1.
     even_ranks: bool = True
@@ -168,6 +178,8 @@ class LoaderConfig:
             raise ValueError(f"max_objects must be >= 1 or None, got {self.max_objects}")
         if self.max_tiles < 0 or self.shuffle_buffer < 0 or self.video_targets < 0:
             raise ValueError("max_tiles, shuffle_buffer and video_targets must be >= 0")
+        if self.min_k < 0:
+            raise ValueError(f"min_k must be >= 0, got {self.min_k}")
         if self.interleave < 1:
             raise ValueError(f"interleave must be >= 1, got {self.interleave}")
         if self.frames is not None and self.frames < 1:
@@ -342,7 +354,11 @@ class ShardDataset(IterableDataset):
 
     def _open_source(self, mix: MixSource) -> _Source:
         cfg = replace(self.cfg, **mix.loader) if mix.loader else self.cfg
-        urls, build = resolve_source(mix.build)
+        where = mix.build
+        if is_remote(where):  # a local mirror: tables now, shards when first read
+            cache = self.cfg.cache_dir or Path.home() / ".cache" / "sa2va_shards"
+            where = mirror(where, cache)
+        urls, build = resolve_source(where)
         card, counts = read_build(build) if build else ({}, {})
         _check_card(card, build, cfg, urls[0])
         _check_task(card, build, cfg)
@@ -474,7 +490,7 @@ class ShardDataset(IterableDataset):
         progress = batch.get("__progress__")
         if progress is not None:
             positions = [progress] if isinstance(progress, int) else progress.tolist()
-            self._consumed_mask()[positions] = True
+            self._consumed_mask()[positions + list(batch.get("__done__") or ())] = True
         for reason, detail, corrupt in batch.get("__skipped__") or ():
             if detail in self._seen_details:
                 continue
@@ -507,9 +523,10 @@ class ShardDataset(IterableDataset):
     def _cursor(self, shard: int, source: _Source) -> _Cursor:
         url = self.urls[shard]
         wanted = partial(wanted_member, gt_masks=self.cfg.gt_masks)
+        fetch = partial(ensure_local, budget=self.cfg.cache_bytes)
         return _Cursor(lambda: TarStream([url], owned={url}, wanted=wanted,
                                          expected=source.counts, strict=self.cfg.strict,
-                                         report=self._count),
+                                         report=self._count, fetch=fetch),
                        source.keys[shard - source.first_shard])
 
     def _raw_stream(self, positions: np.ndarray) -> Iterator[dict]:
@@ -566,7 +583,7 @@ class ShardDataset(IterableDataset):
 
     def _samples(self, positions: np.ndarray, worker: int, *,
                  in_process: bool) -> Iterator[dict[str, Any]]:
-        self._pending = []
+        self._pending, done = [], []  # skips to report; positions skipped, for the state
         raw: Iterator[dict] = self._raw_stream(positions)
         if self.cfg.shuffle:
             rng = np.random.default_rng([self.cfg.seed, self.epoch, 1, int(positions[0])
@@ -574,16 +591,21 @@ class ShardDataset(IterableDataset):
             raw = shuffled(raw, self.cfg.shuffle_buffer, rng)
         for item in raw:
             sample = self._decode(item)
-            if sample is None:
+            if sample is None:  # skipped: consumed too, so a resume does not retry it
+                done.append(item["__position__"])
                 continue
             sample["__progress__"] = item["__position__"]
             if in_process:  # the consumer has it once it is yielded
-                self._consumed_mask()[item["__position__"]] = True
-            elif self._pending:  # workers report their skips through the batches
-                sample["__skipped__"], self._pending = self._pending, []
+                self._consumed_mask()[[*done, item["__position__"]]] = True
+                done = []
+            elif self._pending or done:  # workers report skips through the batches
+                sample["__skipped__"], sample["__done__"] = self._pending, done
+                self._pending, done = [], []
             yield sample
-        if self._pending:
-            yield {"__skipped__": self._pending}  # a worker's tail report, see collate
+        if self._pending or done:
+            yield {"__skipped__": self._pending, "__done__": done}  # a worker's tail report
+        if in_process and done:
+            self._consumed_mask()[done] = True
         if in_process:
             self._end_pass(complete=True)
 

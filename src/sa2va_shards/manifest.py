@@ -33,6 +33,7 @@ from sa2va_shards.schema import SCHEMA_VERSION
 
 __all__ = [
     "CARD",
+    "LEGACY_SHARD_SCHEMA",
     "REJECT_SCHEMA",
     "SAMPLE_SCHEMA",
     "SHARD_SCHEMA",
@@ -59,7 +60,10 @@ SAMPLE_SCHEMA = pa.schema([
 ])
 SHARD_SCHEMA = pa.schema([
     ("file", pa.string()), ("samples", pa.int64()), ("bytes", pa.int64()), ("sha256", pa.string()),
+    ("code", pa.string()),
 ])
+#: shards.parquet of builds made before shards recorded their code fingerprint.
+LEGACY_SHARD_SCHEMA = pa.schema(list(SHARD_SCHEMA)[:4])
 REJECT_SCHEMA = pa.schema([
     ("source_id", pa.string()), ("level", pa.string()), ("object_id", pa.string()),
     ("stage", pa.string()), ("reason", pa.string()), ("detail", pa.string()),
@@ -92,9 +96,12 @@ def input_fingerprint(items: Iterable[ItemRef]) -> str:
     return sha.hexdigest()
 
 
-def version_id(cfg: BuildConfig, fingerprint: str) -> str:
-    """Short content hash of (resolved semantic config, input fingerprint, schema version)."""
-    payload = {"config": cfg.semantic_dict(), "input": fingerprint, "schema": SCHEMA_VERSION}
+def version_id(cfg: BuildConfig, fingerprint: str, *, code: str, files: str) -> str:
+    """Short content hash of everything that decides a build's bytes: the resolved semantic
+    config, the input index fingerprint, the input files' fingerprint, the code fingerprint
+    (`provenance`) and the schema version."""
+    payload = {"config": cfg.semantic_dict(), "input": fingerprint, "files": files,
+               "code": code, "schema": SCHEMA_VERSION}
     return "v" + hashlib.sha256(_canonical(payload)).hexdigest()[:12]
 
 

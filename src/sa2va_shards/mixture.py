@@ -30,7 +30,8 @@ __all__ = ["SOURCE_OPTIONS", "MixSource", "Mixture", "load_mixture"]
 
 #: LoaderConfig fields a source may set for itself; the rest (geometry, seed, shuffle, GT
 #: format) is the mixture's, since one batch holds samples of every source.
-SOURCE_OPTIONS = ("task", "max_objects", "k_zero", "frames", "video_targets", "max_tiles")
+SOURCE_OPTIONS = ("task", "max_objects", "k_zero", "min_k", "frames", "video_targets",
+                  "max_tiles")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -112,8 +113,10 @@ def load_mixture(path: str | Path) -> Mixture:
         if not isinstance(s, dict) or "build" not in s:
             raise ConfigError(f"{where}: expected a mapping with `build`")
         _no_unknown(s, {"build", "repeat", "weight", "loader", "name"}, where)
-        build = Path(s["build"])
-        sources.append(MixSource(build=build if build.is_absolute() else path.parent / build,
+        build = s["build"]
+        if not (isinstance(build, str) and "://" in build):  # a store URL stays as written
+            build = Path(build) if Path(build).is_absolute() else path.parent / build
+        sources.append(MixSource(build=build,
                                  repeat=s.get("repeat"), weight=s.get("weight"),
                                  loader=dict(s.get("loader") or {}), name=s.get("name")))
     return Mixture(sources=tuple(sources), samples_per_epoch=doc.get("samples_per_epoch"))

@@ -118,6 +118,8 @@ class ShardRecord:
     samples: int
     bytes: int
     sha256: str
+    #: code fingerprint (`provenance.code_id`) of the process that wrote the shard.
+    code: str = ""
 
 
 @dataclass(frozen=True, kw_only=True)

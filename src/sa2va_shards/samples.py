@@ -29,6 +29,7 @@ from sa2va_shards import ops
 from sa2va_shards.device import dynamic_grid, tile_count
 from sa2va_shards.errors import SampleError
 from sa2va_shards.prompts import image_prompt, regions_header
+from sa2va_shards.schema import FRAME_MEMBER, TILE_MEMBERS
 
 __all__ = [
     "FRAME_MEMBER",
@@ -41,8 +42,6 @@ __all__ = [
     "wanted_member",
 ]
 
-#: video frame members: f0000.jpg, f0001.jpg, ...
-FRAME_MEMBER = re.compile(r"f\d{4}\.(jpg|png)")
 _BASE_MEMBERS = {"jpg", "png", "json", "prompt_masks.npy", "k.npy"}
 #: what a sample can be served for: region captioning, referring segmentation.
 TASKS: tuple[str, ...] = ("mask_to_caption", "caption_to_mask")
@@ -113,7 +112,7 @@ class LoadError(Exception):
 
 def wanted_member(suffix: str, *, gt_masks: str) -> bool:
     """Whether a member suffix is read at all (unknown members are skipped unread)."""
-    if suffix in _BASE_MEMBERS or FRAME_MEMBER.fullmatch(suffix):
+    if suffix in _BASE_MEMBERS or suffix in TILE_MEMBERS or FRAME_MEMBER.fullmatch(suffix):
         return True
     if suffix == "masks_1024.json":
         return gt_masks in ("1024", "both")
@@ -249,7 +248,7 @@ def _caption_units(objects: list[dict], k_vp: np.ndarray, cfg: Any,
     units = []
     for i, obj in enumerate(objects):
         texts = object_texts(obj)[1]
-        if texts and (cfg.k_zero == "keep" or k_vp[i] > 0):
+        if texts and (cfg.k_zero == "keep" or k_vp[i] > 0) and k_vp[i] >= cfg.min_k:
             units.append((_pick(texts, rng), [i]))
     return units
 
@@ -370,7 +369,10 @@ def referring_turns(texts: list[str], image: str, rng: np.random.Generator,
     target, answered with one `[SEG]`; the target's GT mask is that turn's mask."""
     turns = []
     for i, text in enumerate(texts):
-        question = _pick(wording.seg_questions, rng).format(phrase=clean_phrase(text))
+        # an expression that is a question (ReVOS's reasoning expressions) is asked as written,
+        # as Sa2VA does; a phrase goes into one of the questions
+        question = text.strip() if "?" in text else _pick(wording.seg_questions, rng).format(
+            phrase=clean_phrase(text))
         if i == 0:
             question = image + question
         turns.append({"input": question, "output": _pick(wording.seg_answers, rng)})
@@ -482,6 +484,9 @@ def _plan(meta: dict, kind: str, task: str, k_vp: np.ndarray, cfg: Any,
     elif task == "caption_to_mask":
         units = _limit(referring_targets(objects, rng), cfg, rng)
     elif is_dialogue(meta):  # the stored dialogue names every region: all are prompted
+        if len(k_vp) and int(k_vp.min()) < cfg.min_k:
+            raise LoadError("min_k", f"a region covers {int(k_vp.min())} grid cells, fewer than "
+                                     f"min_k={cfg.min_k}", corrupt=False)
         units = [("", [i]) for i in range(len(objects))]
     else:
         units = _limit(_caption_units(objects, k_vp, cfg, rng), cfg, rng)
@@ -532,7 +537,35 @@ def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator) -> di
               "k": torch.from_numpy(grid.sum(axis=(-2, -1)).astype(np.int64))}
     _add_gt(sample, raw, kind, groups, meta, cfg, frames, stored)
     _add_text(sample, [text for text, _ in units], meta, cfg, rng)
+    _add_stored_tiles(sample, raw, meta, cfg)
     return sample
+
+
+def _add_stored_tiles(sample: dict, raw: dict, meta: dict, cfg: Any) -> None:
+    """The build's full-detail tile image and thumbnail (`image.tiles`), when the loader's
+    `max_tiles` gives the grid they were made for (else tiles come from the S x S image)."""
+    stored = meta.get("tiles")
+    if "tile_grid" not in sample or not isinstance(stored, dict) or "thumb.jpg" not in raw:
+        return
+    if list(stored.get("grid") or ()) != list(sample["tile_grid"]):
+        return  # built for another max_tiles
+    side = cfg.vision.image_size
+    cols, rows = sample["tile_grid"]
+    want = {"thumb.jpg": (side, side)}
+    if cols * rows > 1:
+        want["tiles.jpg"] = (rows * side, cols * side)
+    decoded = {}
+    for name, (h, w) in want.items():
+        try:
+            a = ops.decode_image(_member(raw, name), max_pixels=h * w, name=name)
+        except SampleError as e:
+            raise LoadError("corrupt_image", e.detail) from e
+        if a.shape[:2] != (h, w):
+            raise LoadError("inconsistent", f"{name} is {a.shape[1]}x{a.shape[0]}, the grid "
+                                            f"{cols}x{rows} needs {w}x{h}")
+        decoded[name] = torch.from_numpy(np.ascontiguousarray(a))
+    sample["thumb"] = decoded["thumb.jpg"]
+    sample["tile_image"] = decoded.get("tiles.jpg")
 
 
 def _unit_record(objects: list[dict], members: list[int]) -> dict:

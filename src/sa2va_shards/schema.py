@@ -10,13 +10,15 @@ import hashlib
 import io
 import json
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 __all__ = [
+    "FRAME_MEMBER",
     "SCHEMA_VERSION",
+    "TILE_MEMBERS",
     "ProcessedSample",
     "content_hash",
     "decode_npy",
@@ -31,6 +33,10 @@ __all__ = [
 SCHEMA_VERSION = 1
 
 _KEY_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+#: video frame members: f0000.jpg, f0001.jpg, ...
+FRAME_MEMBER = re.compile(r"f\d{4}\.(jpg|png)")
+#: full-detail tile images (`image.tiles`): the image at its tile grid, the 448 thumbnail.
+TILE_MEMBERS = frozenset({"tiles.jpg", "thumb.jpg"})
 
 
 def sample_key(source_id: str) -> str:
@@ -57,6 +63,8 @@ class ProcessedSample:
     k: np.ndarray
     #: the metadata JSON; `kind` is "image" or "video".
     meta: dict[str, Any]
+    #: full-detail images for the loader's tiles (`tiles.jpg`, `thumb.jpg`), if built.
+    tile_jpegs: dict[str, bytes] = field(default_factory=dict)
 
 
 def content_hash(members: dict[str, bytes]) -> str:
@@ -111,4 +119,5 @@ def encode_sample(s: ProcessedSample) -> dict[str, bytes]:
         "masks_1024.json": _json_bytes(s.rles_1024),
         "prompt_masks.npy": encode_npy(np.ascontiguousarray(s.prompt_masks, dtype=bool)),
         "k.npy": encode_npy(np.asarray(s.k, dtype=np.int32)),
+        **s.tile_jpegs,
     }

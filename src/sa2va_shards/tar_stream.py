@@ -134,21 +134,22 @@ def _tar_keys(url: str) -> list[str]:
 
 
 def shuffled(items: Iterator[dict], size: int, rng: np.random.Generator) -> Iterator[dict]:
-    """Seeded buffer shuffle: once `size` items are held, each new item replaces a randomly
-    drawn one, which is yielded; the rest come out permuted at the end."""
+    """Seeded block shuffle: `size` items are collected, then yielded in a random order.
+
+    Every item leaves within `size` items of where it came in (a replacement buffer keeps a
+    few items for arbitrarily long), so the samples a stopped run had read but not delivered
+    all lie in its last block: a resume reopens only the shards of that block.
+    """
     if size <= 1:
         yield from items
         return
-    buf: list[dict] = []
+    block: list[dict] = []
     for item in items:
-        if len(buf) < size:
-            buf.append(item)
-            continue
-        j = int(rng.integers(size))
-        yield buf[j]
-        buf[j] = item
-    for j in rng.permutation(len(buf)):
-        yield buf[int(j)]
+        block.append(item)
+        if len(block) == size:
+            yield from (block[int(j)] for j in rng.permutation(size))
+            block = []
+    yield from (block[int(j)] for j in rng.permutation(len(block)))
 
 
 class _HashingReader:
@@ -219,9 +220,8 @@ class TarStream:
     With `verify` (the default) and a build's manifests next to the shards:
     - the whole shard is hashed while it streams (no second read) and its sha256 and size are
       checked against shards.parquet at its end (`shard_mismatch`, counted; raised if strict);
-    - a sample whose key is not in samples.parquet for this shard, or repeats, or comes after
-      the manifest's count, is refused before it is served (`sample_mismatch`): an appended
-      sample is never served;
+    - a sample whose key is not in samples.parquet for this shard, or repeats, is refused
+      before it is served (`sample_mismatch`): an appended sample is never served;
     - with `verify_samples` (the default), each sample's content hash is also checked against
       samples.parquet before it is yielded, so a changed sample is refused, never served
       (every member is then read, to hash it; unwanted ones are dropped after).
@@ -229,23 +229,25 @@ class TarStream:
     Args:
         urls: shard paths/URLs (anything webdataset's gopen opens).
         owned: the shards whose errors this stream reports.
-        wanted: member suffix -> whether to keep it (with `verify` every member is read, to
-            hash it, and the unwanted are then dropped).
+        wanted: member suffix -> whether to keep it (with `verify_samples` every member is
+            read, to hash it, and the unwanted are then dropped).
         expected: shard file name -> samples the manifest recorded.
         strict: raise `CorruptDataError` instead of skipping.
         report: called with (reason, detail) for each skipped shard or sample this stream owns.
         verify: check against the manifests (local shards of a build).
         verify_samples: also refuse samples whose content hash differs (needs `verify`).
+        fetch: called with a local shard path before it is opened (`remote.ensure_local`).
     """
 
     def __init__(self, urls: list[str], *, owned: set[str], wanted: Callable[[str], bool],
                  expected: dict[str, int], strict: bool,
                  report: Callable[[str, str], None], verify: bool = True,
-                 verify_samples: bool = True) -> None:
+                 verify_samples: bool = True,
+                 fetch: Callable[[Path], None] | None = None) -> None:
         self.urls, self.owned, self.wanted, self.expected = urls, owned, wanted, expected
         self.strict, self.report = strict, report
         self.verify, self.verify_samples = verify, verify and verify_samples
-        self.url, self.bad = "", set()
+        self.url, self.bad, self.fetch = "", set(), fetch
         self._changed = 0  # samples of the current shard refused for changed bytes
         self._manifests: dict[Path, _Manifest | None] = {}
 
@@ -268,7 +270,7 @@ class TarStream:
             self._manifests[build] = manifest
             if problem and self.strict:
                 raise CorruptDataError(f"manifest_mismatch: {problem}")
-            if problem and self.owned:  # once per stream that owns shards
+            if problem and self.owned:  # once per stream that owns shards (per worker)
                 self.report("manifest_mismatch", problem)
         return self._manifests[build]
 
@@ -277,6 +279,8 @@ class TarStream:
         the worker forever)."""
         try:
             local = _local_path(url)
+            if local is not None and self.fetch is not None:
+                self.fetch(local)  # a mirrored remote build: download the shard first
             return _HashingReader(open_regular(local) if local else gopen.gopen(url))
         except Exception as e:  # noqa: BLE001 - the handler decides (system errors re-raised)
             self._handler(e)
@@ -358,6 +362,7 @@ class TarStream:
                            else "its samples were served unchecked")
                 self.report("shard_mismatch", f"{url}: sha256 differs from shards.parquet "
                             f"({checked})")
+
     def _handler(self, exn: Exception) -> bool:
         if isinstance(exn, (*SYSTEM_EXCEPTIONS, CorruptDataError)):
             raise exn  # a strict-mode error passes back up through webdataset's own handlers

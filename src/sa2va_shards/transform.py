@@ -182,10 +182,30 @@ def transform_sample(raw: RawSample | RawClip,
         return _transform_clip(raw, cfg)
     full = ops.decode_image(raw.image, max_pixels=cfg.image.max_pixels, name=raw.image_name)
     out, dropped = _process(full[None], sample_rles(raw), raw.objects, cfg)
+    meta = _meta("image", raw.source_id, raw.meta, out, cfg)
+    tile_jpegs = _tile_images(full, cfg, meta)
     return ProcessedSample(
         key=sample_key(raw.source_id), jpegs=out["jpegs"], gt_rles=out["gt"][0],
         rles_1024=out["m1024"][0], prompt_masks=out["prompt"][0], k=out["k"][0],
-        meta=_meta("image", raw.source_id, raw.meta, out, cfg)), dropped
+        meta=meta, tile_jpegs=tile_jpegs), dropped
+
+
+def _tile_images(full: np.ndarray, cfg: BuildConfig, meta: dict) -> dict[str, bytes]:
+    """InternVL's inputs at full detail, each one resample from the original: the image at
+    its dynamic grid (cols * 448 x rows * 448, cut into tiles by the loader) and the 448
+    thumbnail. `meta["tiles"]` records the grid (None: a one-tile image, thumbnail only)."""
+    if cfg.image.tiles < 2:
+        return {}
+    side, (h, w) = cfg.vision.image_size, full.shape[:2]
+    grid = ops.dynamic_grid(w, h, max_num=cfg.image.tiles, image_size=side)
+    opts = {"interpolation": "bicubic", "backend": cfg.image.resize_backend}
+    out = {"thumb.jpg": ops.encode_jpeg(ops.resize_image(full, size=side, **opts),
+                                        quality=cfg.image.jpeg_quality)}
+    meta["tiles"] = {"max": cfg.image.tiles, "grid": list(grid)}
+    if grid[0] * grid[1] > 1:
+        big = ops.resize_image(full, size=(grid[1] * side, grid[0] * side), **opts)
+        out["tiles.jpg"] = ops.encode_jpeg(big, quality=cfg.image.jpeg_quality)
+    return out
 
 
 def _transform_clip(raw: RawClip, cfg: BuildConfig) -> tuple[ProcessedSample, list]:

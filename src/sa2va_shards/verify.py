@@ -12,8 +12,23 @@ from tqdm import tqdm
 
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError
-from sa2va_shards.manifest import CARD, file_sha256, read_card, read_manifest
-from sa2va_shards.schema import content_hash, decode_npy, decode_sample_json
+from sa2va_shards.manifest import (
+    CARD,
+    LEGACY_SHARD_SCHEMA,
+    REJECT_SCHEMA,
+    SAMPLE_SCHEMA,
+    SHARD_SCHEMA,
+    file_sha256,
+    read_card,
+    read_manifest,
+)
+from sa2va_shards.schema import (
+    FRAME_MEMBER,
+    TILE_MEMBERS,
+    content_hash,
+    decode_npy,
+    decode_sample_json,
+)
 
 __all__ = ["MANIFESTS", "VerifyReport", "verify_build"]
 
@@ -73,9 +88,12 @@ def _check_sample(key: str, members: dict[str, bytes], grid: int, size: int) -> 
         meta = decode_sample_json(members["json"])
         rles_1024 = decode_sample_json(members["masks_1024.json"])
         gt = decode_sample_json(members["gt_masks.json"])
-        images = [v for name, v in sorted(members.items()) if name.endswith("jpg")]
+        images = [v for name, v in sorted(members.items()) if name in ("jpg", "png")
+                  or FRAME_MEMBER.fullmatch(name)]
         for data in images:
             ops.decode_image(data, max_pixels=size * size, name=key)
+        for name in TILE_MEMBERS & set(members):  # full-detail tiles: their own geometry
+            _check_tiles(name, members[name], meta)
     except Exception as e:  # noqa: BLE001 - verify reports, it does not stop
         return [f"{key}: member does not decode: {type(e).__name__}: {e}"]
     if meta.get("kind") == "video":  # frames axis first: flatten (T, n) to T * n
@@ -95,6 +113,16 @@ def _check_sample(key: str, members: dict[str, bytes], grid: int, size: int) -> 
     return problems
 
 
+def _check_tiles(name: str, data: bytes, meta: dict) -> None:
+    """`thumb.jpg` is square; `tiles.jpg` has the shape of the grid the json records."""
+    a = ops.decode_image(data, max_pixels=1 << 28, name=name)
+    cols, rows = (meta.get("tiles") or {}).get("grid") or (1, 1)
+    h, w = a.shape[:2]
+    ok = h == w if name == "thumb.jpg" else (h % rows == 0 and h // rows * cols == w)
+    if not ok:
+        raise ValueError(f"{name} is {w}x{h}, not the recorded {cols}x{rows} tile grid")
+
+
 def _check_manifest_hashes(build_dir: Path, card: dict, report: VerifyReport) -> None:
     recorded = card.get("manifests")
     if not isinstance(recorded, dict):
@@ -112,11 +140,20 @@ def _check_manifest_hashes(build_dir: Path, card: dict, report: VerifyReport) ->
 
 
 def _read_tables(build_dir: Path, report: VerifyReport) -> tuple | None:
-    try:
-        return tuple(read_manifest(build_dir, name).to_pylist() for name in MANIFESTS)
-    except ConfigError as e:
-        report.problems.append(str(e))
-        return None
+    tables = []
+    for name, schema in zip(MANIFESTS, (SAMPLE_SCHEMA, SHARD_SCHEMA, REJECT_SCHEMA), strict=True):
+        try:
+            table = read_manifest(build_dir, name)
+        except ConfigError as e:
+            report.problems.append(str(e))
+            return None
+        legacy = schema is SHARD_SCHEMA and table.schema.equals(LEGACY_SHARD_SCHEMA)
+        if not (table.schema.equals(schema) or legacy):  # tampered: rows cannot be trusted
+            report.problems.append(f"{name}: columns are not the schema's "
+                                   f"({', '.join(table.schema.names)})")
+            return None
+        tables.append(table.to_pylist())
+    return tuple(tables)
 
 
 def _check_shard(build_dir: Path, rec: dict, rows: dict[str, dict], deep: bool, grid: int,
@@ -164,9 +201,25 @@ def verify_build(build_dir: str | Path, *, deep: bool = True,
         by_shard[s["shard"]][s["key"]] = s
     for rec in tqdm(shards, desc="verify", unit="shard", disable=not progress):
         report.shards += 1
-        _check_shard(build_dir, rec, by_shard[rec["file"]], deep, grid, size, report)
+        try:
+            _check_shard(build_dir, rec, by_shard[rec["file"]], deep, grid, size, report)
+        except (TypeError, ValueError, KeyError) as e:  # a null or odd value in a table row
+            report.problems.append(f"{rec.get('file')}: malformed manifest row: "
+                                   f"{type(e).__name__}: {e}")
     _check_counts(card["counts"], samples, rejects, report)
+    _check_code(card, shards, report)
     return report
+
+
+def _check_code(card: dict, shards: list[dict], report: VerifyReport) -> None:
+    """Every shard was written by the code the card names (a version is one code's bytes)."""
+    want = (card.get("code") or {}).get("id")
+    if want is None:  # a build from before shards recorded their code
+        return
+    for rec in shards:
+        if rec.get("code") != want:
+            report.problems.append(f"{rec.get('file')}: written by code {rec.get('code')!r}, "
+                                   f"the card's is {want!r} (a version mixing two codes)")
 
 
 def _check_counts(counts: dict, samples: list, rejects: list, report: VerifyReport) -> None:

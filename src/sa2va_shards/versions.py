@@ -53,9 +53,15 @@ def flatten(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+#: config keys that say where things live, not what is built: not part of the version id.
+_LOCATION_KEYS = ("out", "reader.root")
+
+
 def _config_changes(old: dict, new: dict) -> dict[str, list]:
+    """Changed config keys that are part of the version id (not `out` / `reader.root`)."""
     a, b = flatten(old), flatten(new)
-    return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)}
+    return {k: [a.get(k), b.get(k)] for k in sorted(set(a) | set(b))
+            if a.get(k) != b.get(k) and k not in _LOCATION_KEYS}
 
 
 def list_versions(dataset_dir: str | Path) -> list[dict[str, Any]]:

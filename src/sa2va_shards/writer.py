@@ -10,6 +10,7 @@ from types import TracebackType
 
 import webdataset as wds
 
+from sa2va_shards.provenance import code_id
 from sa2va_shards.records import ShardRecord
 
 __all__ = ["ShardWriter", "TAR_MTIME"]
@@ -78,4 +79,5 @@ class ShardWriter:
             return
         os.replace(self.tmp, self.path)
         self.record = ShardRecord(file=self.path.name, samples=len(self._keys),
-                                  bytes=self._hashing.size, sha256=self._hashing.sha.hexdigest())
+                                  bytes=self._hashing.size, sha256=self._hashing.sha.hexdigest(),
+                                  code=code_id())

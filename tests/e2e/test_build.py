@@ -164,15 +164,20 @@ def test_config_change_gives_a_new_version(serial_build):
     from pipeline.build import get_reader, input_fingerprint, version_id
 
     fp = input_fingerprint(get_reader(cfg.reader).list_items())
-    assert version_id(cfg, fp) == first.version
+    card = json.loads((first.build_dir / "dataset.json").read_text())
+    ids = {"code": card["code"]["id"], "files": card["files_fingerprint"]}
+    assert version_id(cfg, fp, **ids) == first.version
     for change in [{"shards": dataclasses.replace(cfg.shards, samples_per_shard=5)},
                    {"image": dataclasses.replace(cfg.image, interpolation="bilinear")},
                    {"masks": dataclasses.replace(cfg.masks, k_zero="drop_object")}]:
-        assert version_id(dataclasses.replace(cfg, **change), fp) != first.version
+        assert version_id(dataclasses.replace(cfg, **change), fp, **ids) != first.version
     # where things live is not part of the version
     moved = dataclasses.replace(cfg, out="/elsewhere",
                                 reader=dataclasses.replace(cfg.reader, root="/x"))
-    assert version_id(moved, fp) == first.version
+    assert version_id(moved, fp, **ids) == first.version
+    # the code and the input files are
+    assert version_id(cfg, fp, **{**ids, "code": "0" * 16}) != first.version
+    assert version_id(cfg, fp, **{**ids, "files": "0" * 64}) != first.version
 
 
 def test_crashed_build_resumes_to_the_same_bytes(serial_build, tmp_path, monkeypatch):

@@ -351,3 +351,27 @@ def test_a_card_without_readable_tables_is_reported_and_streamed_unchecked(copy)
     stream = TarStream(shards, owned=set(shards), wanted=lambda s: True, expected={},
                        strict=False, report=lambda r, d: reports.append(r))
     assert len(list(stream)) == 8 and reports == ["manifest_mismatch"]
+
+
+def _null_k(rows):
+    rows[0]["k"] = None
+
+
+def _null_file(rows):
+    rows[0]["file"] = None
+
+
+@pytest.mark.parametrize("table, edit", [("samples.parquet", _null_k),
+                                         ("shards.parquet", _null_file)])
+def test_verify_reports_null_fields_in_tables_without_a_traceback(copy, table, edit):
+    _edit_table(copy / table, edit)
+    _recard(copy)
+    report = verify_build(copy, deep=False)
+    assert not report.ok
+
+
+def test_verify_reports_a_table_with_other_columns(copy):
+    pq.write_table(pa.table({"file": ["x"]}), copy / "shards.parquet")
+    _recard(copy)
+    report = verify_build(copy, deep=False)
+    assert any("columns are not the schema's" in p for p in report.problems)

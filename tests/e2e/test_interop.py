@@ -52,6 +52,6 @@ def test_pyarrow_reads_the_manifests_with_the_documented_columns(build):
     rejects = pq.read_table(build.build_dir / "rejects.parquet")
     assert {"key", "shard", "source_id", "n_obj", "k", "k_zero", "height", "width",
             "sha256"} <= set(samples.column_names)
-    assert shards.column_names == ["file", "samples", "bytes", "sha256"]
+    assert shards.column_names == ["file", "samples", "bytes", "sha256", "code"]
     assert {"source_id", "level", "reason", "detail"} <= set(rejects.column_names)
     assert sum(shards["samples"].to_pylist()) == samples.num_rows == 7

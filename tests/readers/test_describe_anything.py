@@ -120,7 +120,7 @@ def test_safe_unpickler_refuses_allocation_and_odd_codecs():
 # --- the reader --------------------------------------------------------------------------------
 
 def test_list_items_reads_tar_headers_into_one_item_per_key(raw):
-    items = _reader(raw).list_items()
+    items = _reader(raw, frame_records="first_frame").list_items()
     keys = _raw_keys(raw)
     assert [r.source_id for r in items] == sorted(keys) == sorted(set(keys))
     assert len(items) == N_ITEMS + len(DAM_FAULTS)
@@ -138,6 +138,18 @@ def test_list_items_reads_tar_headers_into_one_item_per_key(raw):
         r for r in items if r.data["split"] == "LVIS"]
 
 
+def test_per_frame_video_records_are_rejected_unless_asked_for(raw, build):
+    items = {r.source_id: r for r in _reader(raw).list_items()}
+    frames = {sid for sid, exts in _raw_keys(raw).items() if "0.jpg" in exts}
+    assert frames and all(sid.startswith("SAV_") for sid in frames)
+    for sid in frames:
+        bad = items[sid].data["_bad_item"]
+        assert bad["reason"] == "unsupported_layout" and "per-frame" in bad["detail"]
+    assert build.counts["rejected_by_reason"]["unsupported_layout"] == len(frames)
+    with pytest.raises(ConfigError, match="frame_records"):
+        _reader(raw, frame_records="middle")
+
+
 def test_missing_split_or_root_is_a_config_error(raw, tmp_path):
     with pytest.raises(ConfigError, match="no .tar shards"):
         _reader(raw, splits=["PACO"]).list_items()
@@ -153,7 +165,7 @@ def test_reader_pickles_for_ray(raw):
 def test_load_reads_members_by_offset_only(raw, tmp_path):
     copy = tmp_path / "raw"
     shutil.copytree(raw, copy)
-    reader = _reader(copy)
+    reader = _reader(copy, frame_records="first_frame")
     item = next(r for r in reader.list_items() if r.source_id.startswith("SAV_"))
     sample = reader.load(item)
     with tarfile.open(copy / item.data["tar"]) as tar:
@@ -162,7 +174,9 @@ def test_load_reads_members_by_offset_only(raw, tmp_path):
 
 
 def test_build_accounts_for_every_record_and_rejects_each_fault_with_its_reason(raw, build):
-    check_faults(build, {f"COCOStuff_fault_{f}": r for f, r in EXPECTED_REASON.items()}, {})
+    frames = {sid: "unsupported_layout" for sid, exts in _raw_keys(raw).items() if "0.jpg" in exts}
+    check_faults(build, {**frames, **{f"COCOStuff_fault_{f}": r
+                                      for f, r in EXPECTED_REASON.items()}}, {})
     assert build.counts["read"] == N_ITEMS + len(DAM_FAULTS)
     assert not (raw / "PWNED").exists()  # the unsafe pickle was refused, not executed
 
@@ -173,7 +187,7 @@ def test_prompt_masks_and_k_equal_torch_nearest_on_the_raw_records(raw, build):
         return decode_raw(rle, *rle["size"])
 
     checked, k_zero = check_prompt_masks(build.build_dir, raw_mask)
-    assert checked == build.counts["objects_written"] > 12
+    assert checked == build.counts["objects_written"] >= 10  # the SA-V records are rejected
     assert k_zero == build.counts["objects_k_zero"] > 0
 
 

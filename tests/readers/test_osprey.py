@@ -30,7 +30,8 @@ EXPECTED_REASON = {
     "missing_image": "missing_image", "corrupt_image": "corrupt_image",
     "size_mismatch": "mask_size_mismatch", "bad_rle": "bad_segmentation",
     "bad_polygon": "bad_segmentation", "no_objects": "no_objects",
-    "bad_record": "bad_annotation",
+    "bad_record": "bad_annotation", "question_only": "no_dialogue",
+    "answer_only": "no_dialogue",
 }
 
 

@@ -67,9 +67,26 @@ def test_list_items_gives_one_item_per_image_of_the_split(raw):
             assert {o["id"] for o in item.data["objects"]} == ann_ids
 
 
+def test_split_test_is_testA_plus_testB_as_refer_py(raw):
+    items = _reader(raw, split="test").list_items()
+    a, b = (_reader(raw, split=s).list_items() for s in ("testA", "testB"))
+    assert a and b and [i.source_id for i in items] == sorted(i.source_id for i in a + b)
+    assert [i.data["objects"] for i in items] == [i.data["objects"] for i in sorted(
+        a + b, key=lambda i: i.source_id)]
+
+
+def test_lowercase_stores_sentences_as_sa2va_feeds_them(raw):
+    raw_items = _reader(raw, split="val").list_items()
+    low_items = _reader(raw, split="val", lowercase=True).list_items()
+    for r, lo in zip(raw_items, low_items, strict=True):
+        for ro, lo_obj in zip(r.data["objects"], lo.data["objects"], strict=True):
+            assert lo_obj["sentences"] == [s.lower().removesuffix(".") for s in ro["sentences"]]
+            assert any(s != s.lower() for s in ro["sentences"])  # synth writes capitals
+
+
 def test_wrong_split_missing_files_and_variant(raw, tmp_path):
-    with pytest.raises(ConfigError, match="no refs in split 'test'"):
-        _reader(raw, split="test").list_items()
+    with pytest.raises(ConfigError, match="no refs in split 'trainval'"):
+        _reader(raw, split="trainval").list_items()
     with pytest.raises(ConfigError, match=r"refs\(umd\).p: refs file not found"):
         _reader(raw, variant="umd").list_items()
     copy = tmp_path / "refcocog"

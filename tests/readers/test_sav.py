@@ -215,3 +215,18 @@ def test_overlay_is_a_strip_of_frames_with_mask_outlines(mp4_build, tmp_path):
     assert png.shape[1] >= 4 * 384 and png.shape[0] > 384
     red = np.all(png == (230, 25, 75), axis=-1)  # region1's outline colour, exactly
     assert red[:, : 10 + 384].any() and red[:, 10 + 3 * 394:].any()  # first and last frame
+
+
+def test_only_expressions_builds_just_the_videos_ref_sav_names(raw, tmp_path_factory):
+    named = set(json.loads((raw / "sam_v_final_v3.json").read_text()))
+    build = _build(raw, tmp_path_factory, expressions="sam_v_final_v3.json",
+                   only_expressions=True)
+    ids = {json.loads(m["json"])["video_id"] for m in read_shards(build.build_dir).values()}
+    assert build.counts["read"] == len(named) and ids == named  # fault clips: not inputs
+    every = _build(raw, tmp_path_factory, expressions="sam_v_final_v3.json")
+    assert every.counts["read"] == len(named) + len(SAV_FAULTS)
+
+
+def test_only_expressions_needs_the_expression_file(raw, tmp_path_factory):
+    with pytest.raises(ConfigError, match="only_expressions needs"):
+        _build(raw, tmp_path_factory, only_expressions=True)

@@ -27,6 +27,7 @@ from sa2va_shards.ops.rle_resize import (
     rle_to_runs,
     runs_area,
 )
+from sa2va_shards.ops.tiles import dynamic_grid, tile_count
 
 __all__ = [
     "cell_coverage",
@@ -34,6 +35,7 @@ __all__ = [
     "count_k",
     "decode_image",
     "decode_segmentations",
+    "dynamic_grid",
     "encode_jpeg",
     "encode_png",
     "fallback_any",
@@ -53,5 +55,6 @@ __all__ = [
     "segmentation_to_rle",
     "segmentations_to_rles",
     "strict_dim",
+    "tile_count",
     "to_rgb",
 ]

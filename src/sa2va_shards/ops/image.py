@@ -81,10 +81,11 @@ _PIL_FILTERS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resamplin
 
 
 def resize_image(
-    image: np.ndarray, *, size: int, interpolation: str = "bicubic", backend: str = "torch"
+    image: np.ndarray, *, size: int | tuple[int, int], interpolation: str = "bicubic",
+    backend: str = "torch"
 ) -> np.ndarray:
     """Squash-resize (H, W, 3) uint8 (or a batch (T, H, W, 3) of video frames, in one call) to
-    (size, size, 3) with an antialiased kernel.
+    (size, size, 3), or (height, width, 3) for a `size` pair, with an antialiased kernel.
 
     `backend='pillow'` is Pillow itself. `backend='torch'` runs torch's uint8 antialiased
     interpolate, a port of Pillow's separable filter: bilinear is bit-identical; bicubic differs
@@ -97,20 +98,21 @@ def resize_image(
     if interpolation not in _PIL_FILTERS:
         raise ValueError(f"interpolation must be one of {sorted(_PIL_FILTERS)}")
     batch = image if image.ndim == 4 else image[None]
-    if batch.shape[1:3] == (size, size):
+    hw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if batch.shape[1:3] == hw:
         out = batch.copy()
     elif backend == "pillow":
-        out = np.stack([np.asarray(Image.fromarray(f).resize((size, size),
+        out = np.stack([np.asarray(Image.fromarray(f).resize((hw[1], hw[0]),
                                                              _PIL_FILTERS[interpolation]))
                         for f in batch])
     elif backend == "torch":
-        out = _torch_resize(batch, size, interpolation)
+        out = _torch_resize(batch, hw, interpolation)
     else:
         raise ValueError(f"backend must be 'torch' or 'pillow', got {backend!r}")
     return out if image.ndim == 4 else out[0]
 
 
-def _torch_resize(batch: np.ndarray, size: int, interpolation: str) -> np.ndarray:
+def _torch_resize(batch: np.ndarray, size: tuple[int, int], interpolation: str) -> np.ndarray:
     import torch
     import torch.nn.functional as F
 
@@ -118,12 +120,12 @@ def _torch_resize(batch: np.ndarray, size: int, interpolation: str) -> np.ndarra
         warnings.simplefilter("ignore", UserWarning)
         # (T, H, W, 3) memory is already NHWC: the permuted view is channels_last, no copy
         t = torch.from_numpy(np.ascontiguousarray(batch)).permute(0, 3, 1, 2)
-    out = F.interpolate(t, size=(size, size), mode=interpolation, antialias=True,
+    out = F.interpolate(t, size=size, mode=interpolation, antialias=True,
                         align_corners=False)
     # the uint8 antialias kernel returns planar output; np.stack interleaves ~3x faster than
     # a permute + contiguous copy
     planar = out.numpy()
-    result = np.empty((len(planar), size, size, 3), np.uint8)
+    result = np.empty((len(planar), *size, 3), np.uint8)
     for frame, planes in zip(result, planar, strict=True):
         np.stack(planes, axis=-1, out=frame)
     return result

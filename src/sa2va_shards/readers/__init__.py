@@ -20,6 +20,7 @@ from sa2va_shards.readers.coco import CocoReader
 from sa2va_shards.readers.describe_anything import DescribeAnythingReader
 from sa2va_shards.readers.osprey import OspreyReader
 from sa2va_shards.readers.refcoco import RefCocoReader
+from sa2va_shards.readers.refvideo import MevisReader, RefYtvosReader, RevosReader
 from sa2va_shards.readers.sav import SavReader
 from sa2va_shards.records import ItemRef, RawClip, RawSample
 
@@ -41,6 +42,9 @@ READERS: dict[str, Any] = {
     DescribeAnythingReader.name: DescribeAnythingReader,
     OspreyReader.name: OspreyReader,
     RefCocoReader.name: RefCocoReader,
+    MevisReader.name: MevisReader,
+    RevosReader.name: RevosReader,
+    RefYtvosReader.name: RefYtvosReader,
     SavReader.name: SavReader,
 }
 

@@ -28,8 +28,8 @@ from sa2va_shards.safe_io import (
     read_data_file,
 )
 
-__all__ = ["CocoReader", "category_names", "group_annotations", "image_fields", "is_id",
-           "load_instances", "read_image", "source_id_of"]
+__all__ = ["CocoReader", "annotation_problem", "category_names", "group_annotations",
+           "image_fields", "is_id", "load_instances", "read_image", "source_id_of"]
 
 #: fault kinds `synth` can inject (each adds one bad image next to the good ones).
 COCO_FAULTS = (
@@ -122,11 +122,12 @@ def _image_records(images: list) -> tuple[list[tuple[Any, dict]], list[ItemRef]]
     return good, bad
 
 
-def _annotation_problem(a: dict, cats: dict, dups: bool) -> str | None:
+def annotation_problem(a: dict, cats: dict, dups: bool) -> str | None:
+    """Why an annotation record cannot be used, or None (id, category, repeated keys)."""
     if not is_id(a.get("id")):
         return f"annotation id {a.get('id')!r} is not an int or a string"
     cat = a.get("category_id")
-    if cats and not (is_id(cat) and cat in cats):  # `in` only on hashable ids
+    if not (cat is None and not cats or is_id(cat) and (not cats or cat in cats)):
         return f"annotation {a['id']!r}: category_id {a.get('category_id')!r} is not in categories"
     if dups and duplicate_keys(a):
         return f"annotation {a['id']!r} repeats keys {list(duplicate_keys(a))}"
@@ -148,7 +149,7 @@ def group_annotations(anns: list, images: set | dict, cats: dict, dups: bool
             bad.append(bad_item(f"annotations[{j}]", Reason.BAD_ANNOTATION, what))
             continue
         (by_image if a["image_id"] in images else orphans)[a["image_id"]].append(a)
-        problem = _annotation_problem(a, cats, dups)
+        problem = annotation_problem(a, cats, dups)
         if problem:
             problems[a["image_id"]].append(problem)
     for image_id, group in orphans.items():

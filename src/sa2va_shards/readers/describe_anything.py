@@ -1,8 +1,12 @@
 """Describe Anything (DLC-SFT, `nvidia/describe-anything-dataset`), local extracted layout.
 
 On disk: `<root>/<SPLIT>/images/*.tar` WebDataset shards (SPLIT: COCOStuff, LVIS, Mapillary,
-OpenImages, PACO, SAV, ...) holding `{id}.jpg` + `{id}.pickle` (SAV: frames `{id}.{t}.jpg`,
-the first frame is used). The pickle holds one region dict or a list of them, each with
+OpenImages, PACO, SAV, ...) holding `{id}.jpg` + `{id}.pickle`. The SA-V-based split stores
+video records, frames `{id}.{t}.jpg`: which frame a record's masks annotate is not verified
+against real files, so such records are `unsupported_layout` rejects by default
+(`frame_records: first_frame` reads them as the first frame, a guess to check on one real
+record first). A split's `annotations.json` is not read: the tars' pickles are the source.
+The pickle holds one region dict or a list of them, each with
 `caption` (str) and `mask_rle` (COCO compressed RLE `{size: [H, W], counts}`); it is read with
 the restricted unpickler, so a pickle that names any class or function is an `unsafe_pickle`
 reject and is never executed.
@@ -146,12 +150,17 @@ class DescribeAnythingReader:
     root: str
     #: splits to read; empty means every folder under root that has `images/*.tar`.
     splits: tuple[str, ...] = ()
+    #: per-frame video records (`{id}.{t}.jpg`): `reject` (default) or `first_frame`.
+    frame_records: str = "reject"
 
     def __post_init__(self) -> None:
         splits = (self.splits,) if isinstance(self.splits, str) else self.splits
         if not isinstance(splits, list | tuple) or not all(isinstance(s, str) for s in splits):
             raise ConfigError(f"reader.options.splits: expected a list of names, got {splits!r}")
         object.__setattr__(self, "splits", tuple(splits))
+        if self.frame_records not in ("reject", "first_frame"):
+            raise ConfigError(f"reader.options.frame_records {self.frame_records!r}: "
+                              "expected 'reject' or 'first_frame'")
 
     def _split_names(self) -> list[str]:
         root = Path(self.root)
@@ -181,8 +190,20 @@ class DescribeAnythingReader:
                 except SampleError as e:
                     items.append(bad_item(rel, e.reason, e.detail))
                     continue
-                items += _tar_items(split, tar, rel)
+                items += [self._frame_record_check(i) for i in _tar_items(split, tar, rel)]
         return sorted(items, key=lambda r: r.source_id)
+
+    def _frame_record_check(self, item: ItemRef) -> ItemRef:
+        """A per-frame video record becomes an `unsupported_layout` reject unless
+        `frame_records: first_frame`."""
+        name = (item.data.get("image") or {}).get("name", "")
+        rank = _image_rank(_split_member(name)[1]) if name else None
+        if self.frame_records == "first_frame" or rank is None or rank[0] < 0:
+            return item
+        return bad_item(item.source_id, Reason.UNSUPPORTED_LAYOUT,
+                        f"{item.data['tar']}:{name}: a per-frame video record; which frame "
+                        "its masks annotate is unverified (frame_records: first_frame reads "
+                        "it as the first frame)")
 
     def _read_member(self, ref: ItemRef, which: str) -> bytes:
         entry, tar = ref.data.get(which), ref.data["tar"]

@@ -45,7 +45,7 @@ COCO_IMAGE_DIRS: tuple[str, ...] = (
 #: `fault_<kind>.jpg`).
 OSPREY_FAULTS: tuple[str, ...] = (
     "missing_image", "corrupt_image", "size_mismatch", "bad_rle", "bad_polygon", "no_objects",
-    "bad_record", "empty_mask",
+    "bad_record", "empty_mask", "question_only", "answer_only",
 )
 #: digits of the list index in a source id (the largest file has ~200k elements).
 _INDEX_DIGITS = 7
@@ -204,7 +204,19 @@ def _parse_record(rec: Any, where: str) -> tuple[str, int, int, list[dict]]:
     problem = _text_problem(rec)
     if problem:
         raise SampleError(Reason.BAD_ANNOTATION, f"{where}: {problem}")
+    if "conversations" in rec and not _has_turn_pair(rec["conversations"]):
+        roles = [t["from"] for t in rec["conversations"]][:4]
+        raise SampleError(Reason.NO_DIALOGUE,
+                          f"{where}: conversations {roles} hold no question followed by an answer")
     return file_name, h, w, anns
+
+
+def _has_turn_pair(turns: list[dict]) -> bool:
+    """A human turn followed (later) by a gpt turn. Osprey's own loader skips elements with
+    fewer than two turns; Sa2VA's pairs each question with the next answer and skips leading
+    answers, so this is what leaves the loader something to train on."""
+    roles = [t["from"] for t in turns]
+    return "human" in roles and "gpt" in roles[roles.index("human"):]
 
 
 def _text_problem(rec: dict) -> str | None:
@@ -303,4 +315,7 @@ def _synth_fault(out_dir: Path, rng: np.random.Generator, fault: str) -> dict:
             "annotation": regions, **_texts("osprey_conversation", max(len(regions), 1), rng)}
     if fault == "bad_record":
         del elem["height"]
+    elif fault in ("question_only", "answer_only"):  # no complete turn pair
+        elem["conversations"] = elem["conversations"][:1] if fault == "question_only" else \
+            elem["conversations"][1:2]
     return elem

@@ -28,6 +28,7 @@ from sa2va_shards.errors import ConfigError, Reason, SampleError
 from sa2va_shards.readers import _synth
 from sa2va_shards.readers._safe_pickle import safe_load
 from sa2va_shards.readers.coco import (
+    annotation_problem,
     category_names,
     image_fields,
     is_id,
@@ -63,8 +64,12 @@ class RefCocoReader:
     instances: str = "instances.json"
     #: image folder relative to root, or absolute (Sa2VA: `.../coco2014/train2014`).
     images: str = "images"
-    #: which refs to read: train, val, test, testA, testB (what the refs file holds).
+    #: which refs to read: train, val, testA, testB, or test = every test split (testA +
+    #: testB; refer.py's rule: a ref is in `test` when its split contains "test").
     split: str = "train"
+    #: store sentences as Sa2VA feeds them (lower-cased, one trailing '.' removed) instead of
+    #: as written; the loader lower-cases its referring phrases either way.
+    lowercase: bool = False
 
     @property
     def refs_path(self) -> Path:
@@ -91,7 +96,7 @@ class RefCocoReader:
         """(index in the file, ref) of the refs in `split`; records that are not dicts are
         kept (they may belong to the split: `_index_refs` rejects them)."""
         chosen = [(i, r) for i, r in enumerate(refs)
-                  if not isinstance(r, dict) or r.get("split") == self.split]
+                  if not isinstance(r, dict) or _in_split(r.get("split"), self.split)]
         if not chosen:
             present = sorted({str(r.get("split")) for r in refs if isinstance(r, dict)})
             raise ConfigError(f"{self.refs_path}: no refs in split {self.split!r}; the file "
@@ -111,6 +116,10 @@ class RefCocoReader:
         images = {img["id"]: img for img in coco["images"]
                   if isinstance(img, dict) and is_id(img.get("id"))}
         objects, problems, items = _index_refs(refs, anns, cats)
+        if self.lowercase:
+            for objs in objects.values():
+                for o in objs.values():
+                    o["sentences"] = [_sa2va_phrase(t) for t in o["sentences"]]
         for image_id, objs in objects.items():
             sid, img = source_id_of(image_id), images.get(image_id)
             if img is None:
@@ -177,6 +186,23 @@ class RefCocoReader:
         return out_dir
 
 
+def _in_split(value: Any, split: str) -> bool:
+    """refer.py's `getRefIds(split=...)`: `test` takes every test split, `testA` / `testB` /
+    `testC` any split naming that letter (testAB), the others only themselves."""
+    if not isinstance(value, str):
+        return False
+    if split in ("testA", "testB", "testC"):
+        return split[-1] in value
+    return "test" in value if split == "test" else value == split
+
+
+def _sa2va_phrase(text: str) -> str:
+    """A sentence as Sa2VA's RefCOCO dataset makes its phrase: lower-cased, one trailing '.'
+    removed."""
+    text = text.lower()
+    return text[:-1] if text.endswith(".") else text
+
+
 def _ref_problem(ref: Any) -> str | None:
     """Why a ref record cannot be used, or None (every field it is read for, typed)."""
     if not isinstance(ref, dict):
@@ -208,6 +234,10 @@ def _index_refs(refs: list[tuple[int, Any]], anns: dict, cats: dict
             problems[ref["image_id"]].append(f"refs[{i}]: {problem}")
             objects[ref["image_id"]]  # noqa: B018 - the image still needs its (reject) row
             continue
+        ann = anns.get(ref["ann_id"])
+        problem = annotation_problem(ann, cats, False) if ann is not None else None
+        if problem:  # the referred annotation itself is malformed
+            problems[ref["image_id"]].append(problem)
         obj = objects[ref["image_id"]].setdefault(ref["ann_id"],
                                                   _new_object(ref["ann_id"], anns, cats))
         obj["ref_ids"].append(ref["ref_id"])
@@ -228,7 +258,8 @@ def _new_object(ann_id: Any, anns: dict, cats: dict) -> dict:
     if a is None:
         return {"id": ann_id, "missing": True, "ref_ids": [], "sentences": [], "sent_ids": []}
     return {"id": ann_id, "category_id": a.get("category_id"),
-            "category": cats.get(a.get("category_id")), "bbox": a.get("bbox"),
+            "category": cats.get(a.get("category_id")) if is_id(a.get("category_id")) else None,
+            "bbox": a.get("bbox"),
             "iscrowd": a.get("iscrowd", 0), "segmentation": a.get("segmentation"),
             "ref_ids": [], "sentences": [], "sent_ids": []}
 

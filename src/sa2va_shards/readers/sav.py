@@ -12,6 +12,9 @@ masks can only be in stored orientation (a +-90 degree rotation of a non-square 
 masks would have the swapped size); when the size cannot tell (180 degrees, a square video)
 the clip is a `rotated_video` reject rather than a possibly mirrored mask. Extracted frames
 (`layout: frames`, written by ffmpeg, which does apply the rotation) have no such metadata.
+
+`layout: png` reads SA-V's val / test release (frames plus one PNG per object and annotated
+frame, no `_manual.json`): see `sav_png`.
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from pycocotools import mask as mask_utils
 
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
-from sa2va_shards.readers import _synth
+from sa2va_shards.readers import _synth, sav_png
 from sa2va_shards.records import ItemRef, RawClip, bad_item
 from sa2va_shards.safe_io import (
     check_regular,
@@ -62,7 +65,7 @@ class SavReader:
     name: ClassVar[str] = "sav"
     root: str
     videos: str = "."
-    layout: Literal["mp4", "frames"] = "mp4"
+    layout: Literal["mp4", "frames", "png"] = "mp4"
     #: folder of extracted frames (layout `frames`), relative to root.
     frames_dir: str = "JPEGImages_24fps"
     #: take every n-th annotated frame...
@@ -73,13 +76,22 @@ class SavReader:
     #: optional Ref-SAV expression file (Sa2VA's `sam_v_final_v3.json`: {video_id: {objects:
     #: {column index: {formated, short_caps}}}}), relative to root: adds object captions.
     expressions: str | None = None
+    #: build only the videos the expression file names (Sa2VA's Ref-SAV selection: the
+    #: other SA-V videos are not inputs of this dataset, so they are neither read nor rejects).
+    only_expressions: bool = False
     #: frame pixel budget, checked from the stream header before any frame is decoded; the
     #: build sets it from `image.max_pixels`.
     max_pixels: int = 100_000_000
+    #: layout `png` (SA-V val / test): the per-object PNG folder and an optional list of
+    #: video ids (`sav_val.txt`), relative to root; without it every annotated video is read.
+    annotations_dir: str = "Annotations_6fps"
+    video_list: str | None = None
 
     def __post_init__(self) -> None:
-        if self.layout not in ("mp4", "frames"):
-            raise ConfigError(f"sav layout {self.layout!r}: expected 'mp4' or 'frames'")
+        if self.only_expressions and self.expressions is None:
+            raise ConfigError("sav only_expressions needs `expressions` (the Ref-SAV file)")
+        if self.layout not in ("mp4", "frames", "png"):
+            raise ConfigError(f"sav layout {self.layout!r}: expected 'mp4', 'frames' or 'png'")
         if self.frame_stride < 1 or (self.max_frames is not None and self.max_frames < 1):
             raise ConfigError(f"sav frame_stride {self.frame_stride} and max_frames "
                               f"{self.max_frames} must be >= 1")
@@ -87,6 +99,8 @@ class SavReader:
     def list_items(self) -> list[ItemRef]:
         """One item per manual JSON: names and byte sizes only (never parsed here: SA-V has
         50k videos; the JSON is read by the one task that builds the clip)."""
+        if self.layout == "png":
+            return sav_png.list_png_items(self)
         base = Path(self.root) / self.videos
         if not base.is_dir():
             raise ConfigError(f"{base}: SA-V video folder not found (check reader.root)")
@@ -94,6 +108,8 @@ class SavReader:
         items = []
         for path in sorted(base.rglob("*_manual.json")):
             video_id = path.name.removesuffix("_manual.json")
+            if self.only_expressions and video_id not in captions and video_id not in bad_captions:
+                continue
             rel = path.relative_to(self.root)
             if video_id in bad_captions:
                 items.append(bad_item(video_id, Reason.BAD_ANNOTATION, bad_captions[video_id]))
@@ -131,6 +147,8 @@ class SavReader:
 
     def load(self, ref: ItemRef) -> RawClip:
         """The clip's frames and, per frame and object, the masklet RLE."""
+        if self.layout == "png":
+            return sav_png.load_png_clip(self, ref)
         doc = self._annotation(ref)
         masklet = doc["masklet"]
         picked = _spread(list(range(0, len(masklet), self.frame_stride)), self.max_frames)
@@ -373,7 +391,11 @@ def _encode_mp4(frames: list[np.ndarray], rotation: int = 0) -> bytes:
     h, w = frames[0].shape[:2]
     buf = io.BytesIO()
     with av.open(buf, mode="w", format="mp4") as container:
-        stream = container.add_stream("libx264", rate=24, options={"crf": "12"})
+        # the demo's inputs must be byte-reproducible: x264 differs from run to run with
+        # threads, and (measured here) with its macroblock-tree lookahead even on one thread
+        stream = container.add_stream("libx264", rate=24, options={
+            "crf": "12", "x264-params": "threads=1:mbtree=0:rc-lookahead=0"})
+        stream.codec_context.thread_count = 1
         stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
         if rotation:
             stream.set_display_rotation(rotation)  # recent PyAV only; synth faults only
@@ -401,8 +423,10 @@ def _write_clip(out_dir: Path, video_id: str, rng: np.random.Generator, *, n_fra
         f = np.ascontiguousarray(np.rot90(f, quarter))
         (frame_dir / f"{t:05d}.jpg").write_bytes(_synth.encode_image(f))
     ids = list(range(n_obj - 1 if fault == "bad_masklet" else n_obj))
-    (out_dir / f"{video_id}_manual.json").write_text(json.dumps(
-        _manual_json(video_id, masklet, ids, n_frames, *np.rot90(frames[0], quarter).shape[:2])))
+    manual = _manual_json(video_id, masklet, ids, n_frames,
+                          *np.rot90(frames[0], quarter).shape[:2])
+    (out_dir / f"{video_id}_manual.json").write_text(json.dumps(manual))
+    sav_png.write_png_layout(out_dir, manual, video_id)  # the val / test release's masks
 
 
 def _manual_json(video_id: str, masklet: list, ids: list[int], n_frames: int, h: int,

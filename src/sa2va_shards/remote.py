@@ -1,0 +1,114 @@
+"""Builds on object storage (s3://, gs://, ... through fsspec) for the loader: a local mirror
+with a bounded shard cache, so everything downstream reads local files and checks them as it
+does for a local build.
+
+- `mirror(url, cache_dir)` resolves a dataset folder (its `latest`) or a version folder on the
+  store, copies its card and tables (small) to `<cache_dir>/<dataset>/<version>/`, and records
+  where the shards live (`.remote`). Nothing else is downloaded up front.
+- `ensure_local(shard_path, budget)` is called before a shard is opened: a shard not in the
+  cache is downloaded (to a temporary name, then renamed: a reader never sees a partial file),
+  then the least recently used shards of the cache are removed until it fits `budget` bytes.
+  Workers fetch their own shards in parallel; a file evicted while another process reads it
+  stays readable to that process (POSIX).
+- The shards' sha256s are checked while they stream, against the mirrored tables, exactly as
+  for a local build: a corrupt or partial download is refused, never served.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from sa2va_shards.errors import ConfigError
+
+__all__ = ["REMOTE_MARKER", "ensure_local", "is_remote", "mirror"]
+
+#: in a mirrored build folder: {"url": <the version folder on the store>}.
+REMOTE_MARKER = ".remote"
+_TABLES = ("dataset.json", "shards.parquet", "samples.parquet", "rejects.parquet")
+
+
+def is_remote(source: Any) -> bool:
+    """A URL with a scheme other than file:// (local paths and file:// read directly)."""
+    return isinstance(source, str) and "://" in source and not source.startswith("file://")
+
+
+def _fs(url: str) -> tuple[Any, str]:
+    import fsspec
+
+    try:
+        return fsspec.core.url_to_fs(url)
+    except (ValueError, ImportError) as e:  # unknown protocol, or its package not installed
+        raise ConfigError(f"{url}: cannot open this store ({type(e).__name__}: {e}); "
+                          "install its fsspec package (s3fs for s3://, gcsfs for gs://)") from e
+
+
+def mirror(url: str, cache_dir: str | Path) -> Path:
+    """The local mirror folder of the build at `url` (see the module docstring).
+
+    Raises:
+        ConfigError: the store cannot be opened, or `url` is neither a build nor a dataset
+            folder with `latest`.
+    """
+    fs, root = _fs(url)
+    root = root.rstrip("/")
+    try:
+        if not fs.exists(f"{root}/dataset.json"):
+            if not fs.exists(f"{root}/latest"):
+                raise ConfigError(f"{url}: no dataset.json and no `latest`: not a build or "
+                                  "a dataset folder")
+            root = f"{root}/{fs.cat_file(f'{root}/latest').decode().strip()}"
+        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        parts = root.split("/")
+        local = Path(cache_dir) / parts[-2] / parts[-1]
+        (local / "shards").mkdir(parents=True, exist_ok=True)
+        for name in _TABLES:
+            if fs.exists(f"{root}/{name}"):
+                _atomic_bytes(local / name, fs.cat_file(f"{root}/{name}"))
+    except OSError as e:
+        raise ConfigError(f"{url}: cannot read the build: {type(e).__name__}: {e}") from e
+    _atomic_bytes(local / REMOTE_MARKER, json.dumps({"url": f"{protocol}://{root}"}).encode())
+    return local
+
+
+def _atomic_bytes(path: Path, data: bytes) -> None:
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data)
+    os.replace(tmp, path)
+
+
+def ensure_local(path: Path, budget: int) -> None:
+    """Make the shard at `path` (inside a mirror) present locally, evicting others to fit
+    `budget` bytes; a path outside any mirror is left alone."""
+    marker = path.parent.parent / REMOTE_MARKER
+    if not marker.is_file():
+        return
+    if path.is_file():
+        os.utime(path)  # recently used
+        return
+    remote = json.loads(marker.read_text())["url"]
+    fs, root = _fs(remote)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    os.close(fd)
+    try:
+        fs.get_file(f"{root}/shards/{path.name}", tmp)
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    _evict(path.parent.parent.parent.parent, budget, keep=path)
+
+
+def _evict(cache_root: Path, budget: int, keep: Path) -> None:
+    """Remove the least recently used cached shards until the cache fits `budget`."""
+    shards = [p for p in cache_root.glob("*/*/shards/*.tar") if p.is_file()]
+    total = sum(p.stat().st_size for p in shards)
+    for p in sorted(shards, key=lambda p: p.stat().st_mtime):
+        if total <= budget:
+            break
+        if p != keep:
+            total -= p.stat().st_size
+            p.unlink(missing_ok=True)

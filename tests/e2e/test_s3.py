@@ -1,0 +1,95 @@
+"""Builds on an S3-API store: the loader reads `s3://` through a local mirror with a bounded
+shard cache. The store is moto's server on localhost, the client the real s3fs."""
+
+from __future__ import annotations
+
+import os
+import socket
+import tarfile
+
+import fsspec
+import pytest
+
+from pipeline.build import run_build
+from sa2va_shards.errors import ConfigError
+from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader
+from tests.helpers import make_config
+
+pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def store():
+    from moto.server import ThreadedMotoServer
+
+    port = _free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    fsspec.config.conf["s3"] = {"client_kwargs": {"endpoint_url": endpoint}}
+    fs = fsspec.filesystem("s3", skip_instance_cache=True)
+    fs.mkdir("bucket")
+    yield fs
+    fsspec.config.conf.pop("s3", None)
+    for k, v in old.items():
+        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def uploaded(store, synth, tmp_path_factory):
+    out = tmp_path_factory.mktemp("s3build")
+    cfg = make_config(synth("coco", n_items=10, seed=2), out, dataset="ds",
+                      shards={"samples_per_shard": 3})
+    build = run_build(cfg, runner="serial", progress=False).build_dir
+    store.put(str(out / "ds"), "bucket/out/ds", recursive=True)
+    store.invalidate_cache()
+    return build
+
+
+def _keys(source, cfg, workers=2):
+    return sorted(k for b in ShardLoader(ShardDataset(source, cfg), batch_size=2,
+                                         num_workers=workers) for k in b["keys"])
+
+
+def test_the_loader_streams_a_build_from_the_store(uploaded, tmp_path):
+    shard_bytes = max(p.stat().st_size for p in (uploaded / "shards").glob("*.tar"))
+    cfg = LoaderConfig(gt_masks="1024", cache_dir=str(tmp_path), cache_bytes=2 * shard_bytes)
+    assert _keys("s3://bucket/out/ds", cfg) == _keys(uploaded, cfg)  # `latest` followed
+    cached = list(tmp_path.glob("ds/*/shards/*.tar"))
+    assert 0 < len(cached) <= 2 + 2  # the budget, plus what two workers held while reading
+    version = uploaded.name
+    assert _keys(f"s3://bucket/out/ds/{version}", cfg, workers=0) == _keys(uploaded, cfg)
+
+
+def test_a_changed_shard_on_the_store_is_refused(store, uploaded, tmp_path):
+    shard = sorted((uploaded / "shards").glob("*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        member = next(m for m in tar if m.name.endswith(".jpg"))
+    data = bytearray(shard.read_bytes())
+    data[member.offset_data + member.size // 2] ^= 0x10
+    store.pipe(f"bucket/out/ds/{uploaded.name}/shards/{shard.name}", bytes(data))
+    cfg = LoaderConfig(gt_masks="1024", cache_dir=str(tmp_path))
+    ds = ShardDataset("s3://bucket/out/ds", cfg)
+    with pytest.warns(UserWarning, match="sample_mismatch"):
+        keys = [s["__key__"] for s in ds]
+    assert ds.stats["sample_mismatch"] == 1 and len(keys) == ds.num_samples - 1
+    store.put_file(str(shard), f"bucket/out/ds/{uploaded.name}/shards/{shard.name}")
+
+
+def test_not_a_build_and_unknown_stores_are_one_line_errors(uploaded, tmp_path):
+    cfg = LoaderConfig(gt_masks="1024", cache_dir=str(tmp_path))
+    with pytest.raises(ConfigError, match="not a build or a dataset folder"):
+        ShardDataset("s3://bucket/out/nothing", cfg)
+    with pytest.raises(ConfigError, match="cannot open this store"):
+        ShardDataset("nosuchstore://bucket/x", cfg)
