@@ -44,7 +44,7 @@ def _runner(args: argparse.Namespace) -> str:
     return "serial" if args.serial else args.runner
 
 
-def _quiet_bars_when_verbose():
+def _logs_above_bars():
     """Log lines (-v) printed through tqdm, so they do not tear the progress bars."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
@@ -72,7 +72,7 @@ def cmd_build(args: argparse.Namespace) -> int:
     cfg = load_config(args.config)
     if args.out:
         cfg = dataclasses.replace(cfg, out=args.out)
-    with _quiet_bars_when_verbose():
+    with _logs_above_bars():
         result = run_build(cfg, address=args.address, num_cpus=args.num_cpus,
                            runner=_runner(args), resume=not args.no_resume, limit=args.limit,
                            log_json=args.log_json, progress=not args.no_progress)
@@ -85,7 +85,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from sa2va_shards.viz import render_overlay, render_stats
 
     out = Path(args.out)
-    with _quiet_bars_when_verbose():
+    with _logs_above_bars():
         builds = run_demo(out, scale=args.scale, address=args.address, num_cpus=args.num_cpus,
                           serial=_runner(args) == "serial", log_json=args.log_json)
     print(f"\nraw data: {out / 'raw'}  (one folder per format, each in its published layout)")
