@@ -110,6 +110,7 @@ def _no_cluster_run(argv: list[str], tmp: Path) -> subprocess.CompletedProcess:
     """The CLI in a fresh process where Ray finds no cluster and Ray Client is missing,
     whatever else runs on this machine."""
     code = ("import functools, sys; import ray._private.services as s; "
+            "assert hasattr(s, 'find_gcs_addresses') and hasattr(s, 'find_bootstrap_address'); "
             "s.find_gcs_addresses = functools.lru_cache(lambda: []); "
             "s.find_bootstrap_address = lambda *a, **k: None; sys.modules['grpc'] = None; "
             "from sa2va_shards.cli import main; sys.exit(main(sys.argv[1:]))")
