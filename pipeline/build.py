@@ -12,10 +12,11 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
-from pipeline.runners import run_ray, run_serial
+from pipeline.progress import BuildProgress
+from pipeline.runners import ray_session, run_ray, run_serial
 from sa2va_shards import __version__
 from sa2va_shards.config import BuildConfig
-from sa2va_shards.errors import ConfigError
+from sa2va_shards.errors import BuildAborted, ConfigError
 from sa2va_shards.manifest import (
     CARD,
     PROGRESS_DIR,
@@ -35,7 +36,7 @@ from sa2va_shards.schema import SCHEMA_VERSION
 from sa2va_shards.shard import process_shard
 from sa2va_shards.versions import read_latest, set_latest
 
-__all__ = ["BuildResult", "run_build"]
+__all__ = ["AUTO_SERIAL_MAX_INPUTS", "BuildResult", "run_build"]
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +53,17 @@ class BuildResult:
     #: shards skipped because a previous (crashed) run had finished them.
     resumed_shards: int = 0
     timings: dict = field(default_factory=dict)
+    #: 'serial' or 'ray': what ran the shards ('auto' resolved).
+    runner: str = ""
+    #: `--limit`: a partial build of the first `limit` inputs (never `latest`); None: full.
+    limit: int | None = None
+
+
+#: `runner="auto"` builds in-process when the shards still to build hold at most this many
+#: inputs (or are one shard): Ray's fixed cost (~8-10 s: start-up, torch imported per worker)
+#: outweighs its speed-up below this (docs/benchmarks.md: 46 inputs 1.0 s serial vs 7.7 s on
+#: a 2-CPU Ray, 400: 8.0 vs 16.0 s; break-even ~800-1600 inputs on 2 cores, ~300 on 16).
+AUTO_SERIAL_MAX_INPUTS = 500
 
 
 #: present from just before dataset.json is written until `latest` has moved: a rerun that
@@ -78,9 +90,11 @@ def _build_lock(build_dir: Path):
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
 
 
-def _finish_commit(build_dir: Path, version: str) -> None:
-    """The last steps of a commit, safe to repeat: move `latest`, drop the sidecars."""
-    set_latest(build_dir.parent, version)
+def _finish_commit(build_dir: Path, version: str, *, partial: bool = False) -> None:
+    """The last steps of a commit, safe to repeat: move `latest` (never to a partial build),
+    drop the sidecars."""
+    if not partial:
+        set_latest(build_dir.parent, version)
     shutil.rmtree(build_dir / PROGRESS_DIR, ignore_errors=True)
     (build_dir / COMMITTING).unlink(missing_ok=True)
 
@@ -105,74 +119,170 @@ def _check_counts(counts: dict) -> None:
                            f"{counts['written']} + rejected {counts['rejected']}")
 
 
+def _apply_limit(items: list, limit: int | None) -> tuple[list, dict | None]:
+    """The first `limit` inputs in source-id order, and the card's note of it (None: all
+    inputs are used, which is a full build whatever `limit` said)."""
+    if limit is None or limit >= len(items):
+        return items, None
+    if limit < 1:
+        raise ConfigError(f"--limit: {limit} must be >= 1")
+    return items[:limit], {"limit": limit, "inputs_available": len(items)}
+
+
+def _pick_runner(runner: str, address: str | None, plans: list[ShardPlan]) -> str:
+    """'auto': Ray for a cluster or real work, in-process when Ray's start-up would dominate.
+    Only where shards run changes, never their bytes (serial == Ray, tested)."""
+    if runner not in ("auto", "ray", "serial"):
+        raise ConfigError(f"runner: {runner!r} is not one of auto, ray, serial")
+    if runner != "auto":
+        return runner
+    inputs = sum(len(p.items) for p in plans)
+    small = len(plans) <= 1 or inputs <= AUTO_SERIAL_MAX_INPUTS
+    choice = "serial" if address is None and small else "ray"
+    log.info("runner: %s (auto: %d inputs to build in %d shards; serial up to %d or one shard, "
+             "unless --address)", choice, inputs, len(plans), AUTO_SERIAL_MAX_INPUTS)
+    return choice
+
+
 def run_build(cfg: BuildConfig, *, address: str | None = None, num_cpus: int | None = None,
               runner: str = "ray", resume: bool = True, progress: bool = True,
-              cpus_per_task: float = 1.0) -> BuildResult:
+              cpus_per_task: float = 1.0, limit: int | None = None,
+              log_json: str | Path | None = None) -> BuildResult:
     """Build (or resume, or reuse) the version of `cfg` under `<cfg.out>/<cfg.dataset>/`.
 
     Args:
         address: Ray cluster address; None starts (or reuses) a local Ray.
         num_cpus: CPUs for a local Ray.
-        runner: 'ray' or 'serial' (same output, in-process, for debugging).
+        runner: 'ray', 'serial' (same output, in-process) or 'auto' (serial for small builds
+            without `address`, see `AUTO_SERIAL_MAX_INPUTS`).
         resume: keep shards a previous run finished (verified by sha256).
+        progress: show a progress bar labelled with the dataset.
         cpus_per_task: Ray CPUs per shard task (fewer: more concurrent tasks).
+        limit: build only the first `limit` inputs (source-id order): a partial build with its
+            own version id (`<version>-first<limit>`), `partial: true` in its card, and never
+            `latest`.
+        log_json: append JSON-lines events (start, one per shard, end) to this file.
     """
     t0 = time.perf_counter()
     _check_out(cfg.out)
-    items = get_reader(cfg.reader).list_items()
+    items, partial = _apply_limit(get_reader(cfg.reader).list_items(), limit)
     fingerprint = input_fingerprint(items)
     files = files_fingerprint(cfg.reader.root, cfg.reader.fingerprint)
-    version = version_id(cfg, fingerprint, code=code_id(), files=files)
+    version = (version_id(cfg, fingerprint, code=code_id(), files=files)
+               + (f"-first{partial['limit']}" if partial else ""))
     build_dir = Path(cfg.out) / cfg.dataset / version
     t_index = time.perf_counter() - t0
     plans, plan_rejects = plan_shards(items, dataset=cfg.dataset,
                                       samples_per_shard=cfg.shards.samples_per_shard)
+    log.info("%s: %d inputs indexed in %.1f s -> %d shards, version %s%s", cfg.dataset,
+             len(items), t_index, len(plans), version,
+             f" (partial: first {limit} of {partial['inputs_available']})" if partial else "")
     del items  # the plans hold what the tasks need
+    run = _Run(runner=runner, address=address, num_cpus=num_cpus, cpus_per_task=cpus_per_task,
+               resume=resume, progress=progress, log_json=log_json, partial=partial)
     try:
         with _build_lock(build_dir):
             return _build_locked(cfg, plans, plan_rejects, (fingerprint, files), version,
-                                 build_dir,
-                                 t0, t_index, runner=runner, resume=resume, progress=progress,
-                                 opts=({"address": address, "num_cpus": num_cpus,
-                                        "cpus_per_task": cpus_per_task}
-                                       if runner == "ray" else {}))
+                                 build_dir, t0, t_index, run)
     except (FileExistsError, NotADirectoryError, PermissionError) as e:
         raise ConfigError(f"out: cannot write {build_dir}: {type(e).__name__}: {e}") from e
 
 
+@dataclass(frozen=True, kw_only=True)
+class _Run:
+    """How this run goes (none of it changes a byte of the output, except `partial`, which
+    changes the inputs and so the version)."""
+
+    runner: str
+    address: str | None
+    num_cpus: int | None
+    cpus_per_task: float
+    resume: bool
+    progress: bool
+    log_json: str | Path | None
+    partial: dict | None
+
+
+def _run_shards(cfg: BuildConfig, todo: list[ShardPlan], build_dir: Path, run: _Run,
+                runner: str, bar: BuildProgress) -> list[ShardResult]:
+    if runner == "ray":
+        shards = run_ray(process_shard, todo, cfg=cfg, build_dir=str(build_dir),
+                         address=run.address, num_cpus=run.num_cpus,
+                         cpus_per_task=run.cpus_per_task)
+    else:
+        shards = run_serial(process_shard, todo, cfg=cfg, build_dir=str(build_dir))
+    results = []
+    for result in shards:
+        bar.shard(result)
+        results.append(result)
+    return results
+
+
+def _reuse(build_dir: Path, version: str, run: _Run) -> BuildResult:
+    card = read_card(build_dir)
+    if (build_dir / COMMITTING).exists():  # crashed after the card, before `latest`
+        _finish_commit(build_dir, version, partial=bool(card.get("partial")))
+    BuildProgress.log_once(run.log_json, "end", dataset=card.get("dataset", ""),
+                           version=version, status="reused", counts=card["counts"])
+    return BuildResult(build_dir=build_dir, version=version, reused=True,
+                       counts=card["counts"], limit=(run.partial or {}).get("limit"))
+
+
 def _build_locked(cfg: BuildConfig, plans: list[ShardPlan], plan_rejects: list[RejectRecord],
                   fingerprints: tuple[str, str], version: str, build_dir: Path, t0: float,
-                  t_index: float,
-                  *, runner: str, resume: bool, progress: bool, opts: dict) -> BuildResult:
+                  t_index: float, run: _Run) -> BuildResult:
     if (build_dir / CARD).exists():
-        if (build_dir / COMMITTING).exists():  # crashed after the card, before `latest`
-            _finish_commit(build_dir, version)
-        return BuildResult(build_dir=build_dir, version=version, reused=True,
-                           counts=read_card(build_dir)["counts"])
-    (build_dir / "shards").mkdir(parents=True, exist_ok=True)
-    _clean_partial(build_dir)
-    done = {p.name: r for p in plans if resume and (r := load_progress(build_dir, p.name))}
+        return _reuse(build_dir, version, run)
+    done = {p.name: r for p in plans if run.resume and (r := load_progress(build_dir, p.name))}
     todo = [p for p in plans if p.name not in done]
-    run = run_ray if runner == "ray" else run_serial
-    results: list[ShardResult] = list(done.values())
-    results += run(process_shard, todo, progress=progress, cfg=cfg, build_dir=str(build_dir),
-                   **opts)
-    t_shards = time.perf_counter() - t0 - t_index
+    runner = _pick_runner(run.runner, run.address, todo)
+    # Ray first: a wrong --address fails before anything is written
+    with ray_session(run.address, run.num_cpus) if runner == "ray" else contextlib.nullcontext():
+        (build_dir / "shards").mkdir(parents=True, exist_ok=True)
+        _clean_partial(build_dir)
+        bar = BuildProgress(dataset=cfg.dataset, version=version, bar=run.progress,
+                            total_samples=sum(len(p.items) for p in plans) + len(plan_rejects),
+                            total_shards=len(plans), log_json=run.log_json)
+        try:
+            bar.start(list(done.values()), plan_rejects=len(plan_rejects),
+                      build_dir=str(build_dir), runner=runner, partial=run.partial)
+            results = list(done.values()) + _run_shards(cfg, todo, build_dir, run, runner, bar)
+            t_shards = time.perf_counter() - t0 - t_index
+            built = _commit(cfg, results, plan_rejects, fingerprints, version, build_dir,
+                            timings={"index_s": round(t_index, 3),
+                                     "shards_s": round(t_shards, 3)},
+                            t0=t0, runner=runner, resumed=len(done), run=run)
+            bar.end("built", counts=built.counts, timings=built.timings)
+            return built
+        except BaseException as e:
+            bar.end("aborted" if isinstance(e, BuildAborted) else "failed",
+                    error=f"{type(e).__name__}: {e}", **bar.rates())
+            raise
+        finally:
+            bar.close()
+
+
+def _commit(cfg: BuildConfig, results: list[ShardResult], plan_rejects: list[RejectRecord],
+            fingerprints: tuple[str, str], version: str, build_dir: Path, *, timings: dict,
+            t0: float, runner: str, resumed: int, run: _Run) -> BuildResult:
+    """Tables, then the card, then `latest`: the build is complete only at the end."""
     _check_code(results)
     counts = count_summary(results, plan_rejects)
     _check_counts(counts)
     manifests = write_tables(build_dir, results, plan_rejects)
-    timings = {"index_s": round(t_index, 3), "shards_s": round(t_shards, 3),
-               "total_s": round(time.perf_counter() - t0, 3),
-               "samples_per_s": round(counts["read"] / max(t_shards, 1e-9), 2),
-               "max_worker_rss_mb": round(max((r.max_rss_mb for r in results), default=0), 1)}
+    timings |= {"total_s": round(time.perf_counter() - t0, 3),
+                "samples_per_s": round(counts["read"] / max(timings["shards_s"], 1e-9), 2),
+                "max_worker_rss_mb": round(max((r.max_rss_mb for r in results), default=0), 1)}
     parent = read_latest(build_dir.parent)
-    card = _card(cfg, version, fingerprints, counts, timings, runner, len(done), parent)
+    card = _card(cfg, version, fingerprints, counts, timings, runner, resumed, parent)
+    # a smoke build (--limit) says so, with its limit; `latest` never points at it
+    card |= {"partial": bool(run.partial), **(run.partial or {})}
     (build_dir / COMMITTING).touch()
     write_card(build_dir, {**card, "manifests": manifests})
-    _finish_commit(build_dir, version)  # only now: the build is complete
+    _finish_commit(build_dir, version, partial=bool(run.partial))
     return BuildResult(build_dir=build_dir, version=version, counts=counts,
-                       resumed_shards=len(done), timings=timings)
+                       resumed_shards=resumed, timings=timings, runner=runner,
+                       limit=(run.partial or {}).get("limit"))
 
 
 def _check_code(results: list[ShardResult]) -> None:

@@ -3,12 +3,12 @@ Ray session, verify each build, render an overlay and the statistics."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
 from pipeline.build import BuildResult, run_build
+from pipeline.runners import ray_session
 from sa2va_shards.config import parse_config
 from sa2va_shards.readers import READERS, synth_dataset
 from sa2va_shards.verify import VerifyReport, verify_build
@@ -41,28 +41,15 @@ class DemoBuild:
     report: VerifyReport
 
 
-@contextmanager
-def _ray_session(address: str | None, num_cpus: int | None, serial: bool) -> Iterator[None]:
-    """One Ray for all demo builds (a start costs seconds; `run_ray` reuses a live one)."""
-    if serial:
-        yield
-        return
-    import ray
-
-    ray.init(address=address, num_cpus=None if address else num_cpus,
-             include_dashboard=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
-
-
 def run_demo(out: Path, *, scale: float = 1.0, address: str | None = None,
-             num_cpus: int | None = None, serial: bool = False) -> list[DemoBuild]:
+             num_cpus: int | None = None, serial: bool = False,
+             log_json: str | Path | None = None) -> list[DemoBuild]:
     """Synthesise, build and verify every demo set whose reader is registered; `scale`
-    multiplies the number of good items per set."""
+    multiplies the number of good items per set. The demo runs on Ray unless `serial`
+    (showing the cluster path is its point), whatever the builds' size."""
     builds = []
-    with _ray_session(address, num_cpus, serial):
+    # one Ray for all demo builds (a start costs seconds; `run_ray` reuses a live one)
+    with contextlib.nullcontext() if serial else ray_session(address, num_cpus):
         for fmt, name, n, faults, options in DEMO_SETS:
             if fmt not in READERS:
                 continue
@@ -72,7 +59,7 @@ def run_demo(out: Path, *, scale: float = 1.0, address: str | None = None,
                                                             "options": options},
                                 "shards": {"samples_per_shard": 16}, "out": str(out / "shards")})
             result = run_build(cfg, runner="serial" if serial else "ray", address=address,
-                               num_cpus=num_cpus)
+                               num_cpus=num_cpus, log_json=log_json)
             builds.append(DemoBuild(format=fmt, result=result,
                                     report=verify_build(result.build_dir)))
     return builds

@@ -1,21 +1,32 @@
 """`sa2va-shards`: the one CLI. A thin layer: parse, call the library, print.
 
-`build` and `demo` reach Ray through one lazy import of `pipeline.build`.
+`build` and `demo` reach Ray through one lazy import of `pipeline.build` / `pipeline.demo`.
+A user mistake ends in one `error: ...` line on stderr and exit code 2, never a traceback
+(`-v` shows the traceback of an unexpected error).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import logging
 import sys
+import textwrap
 from pathlib import Path
+from typing import NoReturn
 
+from sa2va_shards import __version__
 from sa2va_shards.config import load_config
 from sa2va_shards.errors import BuildAborted, ConfigError
+from sa2va_shards.locate import OUT_ENV, resolve_build, resolve_dataset
+from sa2va_shards.schema import SCHEMA_VERSION
 
 __all__ = ["main"]
+
+#: exit codes: a failed check (verify, demo), a user or setup error, an unexpected error.
+EXIT_FAILED, EXIT_USAGE, EXIT_BUG = 1, 2, 3
 
 
 def _summary_line(counts: dict) -> str:
@@ -29,27 +40,43 @@ def _summary_line(counts: dict) -> str:
     return line
 
 
-def _run_build(cfg, args):
-    from pipeline.build import run_build  # the only way into Ray
+def _runner(args: argparse.Namespace) -> str:
+    return "serial" if args.serial else args.runner
 
-    result = run_build(cfg, address=args.address, num_cpus=args.num_cpus,
-                       runner="serial" if args.serial else "ray", resume=not args.no_resume)
+
+def _logs_above_bars():
+    """Log lines (-v) printed through tqdm, so they do not tear the progress bars."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    return logging_redirect_tqdm() if logging.getLogger("pipeline").isEnabledFor(
+        logging.INFO) else contextlib.nullcontext()
+
+
+def _print_build(result) -> None:
     if result.reused:
         print(f"version {result.version} already built at {result.build_dir}: nothing to do")
     else:
         n = result.resumed_shards
-        extra = f" (resumed {n} finished shards)" if n else ""
-        print(f"built {result.build_dir} version {result.version}{extra} in "
-              f"{result.timings['total_s']:.1f} s")
+        extra = f", resumed {n} finished shards" if n else ""
+        print(f"built {result.build_dir} version {result.version} ({result.runner}{extra}) "
+              f"in {result.timings['total_s']:.1f} s")
+    if result.limit:
+        print(f"partial build (--limit {result.limit}): `latest` not moved; read it as "
+              f"{result.build_dir} or {result.build_dir.parent.name}@{result.version}")
     print(_summary_line(result.counts))
-    return result
 
 
 def cmd_build(args: argparse.Namespace) -> int:
+    from pipeline.build import run_build  # the only way into Ray
+
     cfg = load_config(args.config)
     if args.out:
         cfg = dataclasses.replace(cfg, out=args.out)
-    _run_build(cfg, args)
+    with _logs_above_bars():
+        result = run_build(cfg, address=args.address, num_cpus=args.num_cpus,
+                           runner=_runner(args), resume=not args.no_resume, limit=args.limit,
+                           log_json=args.log_json, progress=not args.no_progress)
+    _print_build(result)
     return 0
 
 
@@ -58,8 +85,9 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from sa2va_shards.viz import render_overlay, render_stats
 
     out = Path(args.out)
-    builds = run_demo(out, scale=args.scale, address=args.address, num_cpus=args.num_cpus,
-                      serial=args.serial)
+    with _logs_above_bars():
+        builds = run_demo(out, scale=args.scale, address=args.address, num_cpus=args.num_cpus,
+                          serial=_runner(args) == "serial", log_json=args.log_json)
     print(f"\nraw data: {out / 'raw'}  (one folder per format, each in its published layout)")
     for b in builds:
         c = b.result.counts
@@ -74,55 +102,72 @@ def cmd_demo(args: argparse.Namespace) -> int:
     overlay = render_overlay(first, out / "overlay.png")
     stats = render_stats([b.result.build_dir for b in builds], out / "stats.png")
     print(f"\noverlay: {overlay}\nstats:   {stats}")
-    return 0 if all(b.report.ok for b in builds) else 1
+    return 0 if all(b.report.ok for b in builds) else EXIT_FAILED
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from sa2va_shards.verify import verify_build
 
-    report = verify_build(args.dir, deep=not args.shallow, progress=True)
+    build = resolve_build(args.build, args.root, allow_incomplete=True)
+    report = verify_build(build, deep=not args.shallow, progress=True)
     for p in report.problems:
         print(p)
     for n in report.notes:
         print(f"note: {n}")
     status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
     print(f"{report.build_dir}: {report.shards} shards, {report.samples} samples: {status}")
-    return 0 if report.ok else 1
+    return 0 if report.ok else EXIT_FAILED
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
     from sa2va_shards.viz import render_overlay
 
-    print(render_overlay(args.dir, args.out, key=args.key))
+    print(render_overlay(resolve_build(args.build, args.root), args.out, key=args.key))
     return 0
 
 
 def cmd_stats(args: argparse.Namespace) -> int:
     from sa2va_shards.viz import render_stats
 
-    print(render_stats(args.dirs, args.out))
+    print(render_stats([resolve_build(b, args.root) for b in args.builds], args.out))
     return 0
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
     from sa2va_shards.versions import list_versions
 
-    rows = list_versions(args.dataset_dir)
+    dataset_dir = resolve_dataset(args.dataset, args.root)
+    rows = list_versions(dataset_dir)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
+    print(f"{dataset_dir}: {len(rows)} complete versions")
     for r in rows:
         mark = " (latest)" if r["latest"] else ""
+        mark += f" (partial: first {r['limit']})" if r.get("partial") else ""
         changes = ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in r["config_changes"].items())
         print(f"{r['version']}{mark}  {r['created']}  samples {r['samples']}  rejects "
               f"{r['rejects']}  parent {r['parent']}" + (f"\n    {changes}" if changes else ""))
     return 0
 
 
+def _diff_pair(args: argparse.Namespace) -> tuple[Path, Path]:
+    """Two builds; with one, that build's parent (the `latest` it replaced) against it."""
+    from sa2va_shards.manifest import read_card
+
+    new = resolve_build(args.new if args.new else args.old, args.root)
+    if args.new:
+        return resolve_build(args.old, args.root), new
+    parent = read_card(new).get("parent")
+    if not parent:
+        raise ConfigError(f"{new}: has no parent version to diff against; give two versions")
+    return resolve_build(new.parent / parent), new
+
+
 def cmd_diff(args: argparse.Namespace) -> int:
     from sa2va_shards.versions import diff_versions
 
-    d = diff_versions(args.v1, args.v2)
+    d = diff_versions(*_diff_pair(args))
     if args.json:
         print(json.dumps(d, indent=2))
         return 0
@@ -137,81 +182,220 @@ def cmd_diff(args: argparse.Namespace) -> int:
     return 0
 
 
+def _fault_names() -> dict[str, tuple[str, ...]]:
+    """format -> the faults its `synth` can inject (each reader module's `*_FAULTS` tuple)."""
+    from sa2va_shards.readers import READERS
+
+    faults = {}
+    for name, cls in sorted(READERS.items()):
+        module = sys.modules[cls.__module__]
+        faults[name] = next((v for k, v in vars(module).items() if k.endswith("_FAULTS")
+                             and not k.startswith("_") and isinstance(v, tuple)), ())
+    return faults
+
+
 def cmd_synth(args: argparse.Namespace) -> int:
     from sa2va_shards.readers import synth_dataset
 
-    root = synth_dataset(args.format, Path(args.out), n_items=args.n, seed=args.seed,
+    known = _fault_names()
+    if args.format not in known:
+        raise ConfigError(f"synth: unknown format {args.format!r}; known: {', '.join(known)}")
+    unknown = [f for f in args.faults if f not in known[args.format]]
+    if unknown:
+        raise ConfigError(f"synth {args.format}: unknown faults {', '.join(unknown)}; known: "
+                          f"{', '.join(known[args.format])}")
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"synth: {out} exists and is not a folder")
+    root = synth_dataset(args.format, out, n_items=args.n, seed=args.seed,
                          faults=tuple(args.faults))
     print(root)
     return 0
 
 
+# --- the parser -------------------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """Usage mistakes are one line too (argparse prints the whole usage otherwise)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_USAGE, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _positive(value: str) -> int:
+    try:
+        n = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a whole number") from None
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"{n} must be >= 1")
+    return n
+
+
+def _verbose(p: argparse.ArgumentParser, default: object) -> None:
+    # on the top parser and on each verb, so `-v` works before or after the verb; SUPPRESS
+    # keeps a verb's parser from resetting a `-v` given before it
+    p.add_argument("-v", "--verbose", action="store_true", default=default,
+                   help="log each step (index, plan, runner, every finished shard); "
+                        "tracebacks for unexpected errors")
+
+
+_BUILD_ARG = ("a build: OUT/<dataset>/<version>, a dataset folder OUT/<dataset> (its `latest`), "
+              "or DATASET[@VERSION] (a unique version prefix will do) under --root")
+
+
+def _root_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--root", metavar="DIR",
+                   help=f"output root that DATASET@VERSION resolves against (default: ${OUT_ENV}"
+                        ", else ./out, the config's default `out`)")
+
+
 def _runtime_flags(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--address", help="Ray cluster address (default: start a local Ray)")
-    p.add_argument("--num-cpus", type=int, help="CPUs for the local Ray")
-    p.add_argument("--serial", action="store_true", help="run in-process, no Ray (debugging)")
-    p.add_argument("--no-resume", action="store_true", help="rebuild shards a crashed run left")
+    p.add_argument("--address", metavar="ADDR",
+                   help="join a Ray cluster: `auto` on a cluster node, or ray://HEAD:10001 "
+                        "(needs `pip install ray[client]`); default: a local Ray")
+    p.add_argument("--num-cpus", type=_positive, metavar="N",
+                   help="CPUs for the local Ray (default: all)")
+    p.add_argument("--runner", choices=("auto", "ray", "serial"), default="auto",
+                   help="where shards run; same bytes either way. auto (default): in-process "
+                        "when at most 500 inputs (or one shard) remain and no --address, "
+                        "else Ray")
+    p.add_argument("--serial", action="store_true", help="same as --runner serial")
+    p.add_argument("--no-resume", action="store_true",
+                   help="rebuild the shards a crashed run finished instead of keeping them")
+    p.add_argument("--log-json", "--progress-json", metavar="FILE", dest="log_json",
+                   help="append JSON lines to FILE: start, one per finished shard (counts, "
+                        "samples/s, reject rate, ETA), end; `tail -f` it on a cluster")
+
+
+def _add_build(sub) -> None:
+    p = sub.add_parser("build", help="build (or resume, or reuse) the version of a YAML config")
+    p.add_argument("config", help="the build's YAML config (see configs/)")
+    p.add_argument("--out", metavar="DIR", help="output root (overrides the config's `out`)")
+    p.add_argument("--limit", type=_positive, metavar="N",
+                   help="smoke build of the first N inputs (source-id order): its own version "
+                        "<version>-firstN, `partial: true` in its card, never `latest`")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _runtime_flags(p)
+    p.set_defaults(fn=cmd_build)
+
+
+def _add_demo(sub) -> None:
+    p = sub.add_parser("demo", help="synthesise every raw format, build, verify, render PNGs")
+    p.add_argument("--out", metavar="DIR", default="demo-out",
+                   help="folder for raw data, builds and PNGs (default: demo-out)")
+    p.add_argument("--scale", type=float, default=1.0,
+                   help="multiplies the good items synthesised per format (default: 1)")
+    _runtime_flags(p)
+    p.set_defaults(fn=cmd_demo)
+
+
+def _add_readers(sub) -> None:
+    p = sub.add_parser("verify", help="re-hash shards and re-derive prompt masks and K")
+    p.add_argument("build", help=_BUILD_ARG)
+    p.add_argument("--shallow", action="store_true",
+                   help="hashes and counts only (no decoding, no K re-derived)")
+    _root_flag(p)
+    p.set_defaults(fn=cmd_verify)
+    p = sub.add_parser("inspect", help="render a sample overlay PNG")
+    p.add_argument("build", help=_BUILD_ARG)
+    p.add_argument("--key", help="sample key (default: the first with the most objects)")
+    p.add_argument("--out", metavar="PNG", default="overlay.png",
+                   help="where to write the PNG (default: overlay.png)")
+    _root_flag(p)
+    p.set_defaults(fn=cmd_inspect)
+    p = sub.add_parser("stats", help="K / objects / area histograms of builds as a PNG")
+    p.add_argument("builds", nargs="+", metavar="build", help=_BUILD_ARG + "; several compare")
+    p.add_argument("--out", metavar="PNG", default="stats.png",
+                   help="where to write the PNG (default: stats.png)")
+    _root_flag(p)
+    p.set_defaults(fn=cmd_stats)
+
+
+def _add_history(sub) -> None:
+    p = sub.add_parser("versions", help="list the complete versions of a dataset")
+    p.add_argument("dataset", help="a dataset folder OUT/<dataset>, a build folder in it, or "
+                                   "DATASET under --root")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _root_flag(p)
+    p.set_defaults(fn=cmd_versions)
+    p = sub.add_parser("diff", help="samples, config and K changes between two versions")
+    p.add_argument("old", help=_BUILD_ARG)
+    p.add_argument("new", nargs="?",
+                   help="the newer build (same forms); left out: OLD's parent -> OLD")
+    p.add_argument("--json", action="store_true", help="machine-readable output")
+    _root_flag(p)
+    p.set_defaults(fn=cmd_diff)
+
+
+def _synth_epilog() -> str:
+    lines = ["formats and the faults each can inject (--faults):"]
+    for fmt, faults in _fault_names().items():
+        lines += textwrap.wrap(", ".join(faults) or "-", 78, initial_indent=f"  {fmt:<18} ",
+                               subsequent_indent=" " * 21)
+    return "\n".join(lines)
+
+
+def _add_synth(sub) -> None:
+    p = sub.add_parser("synth", help="write a small raw dataset in a real on-disk format",
+                       epilog=_synth_epilog(),
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("format", help="reader format (listed below)")
+    p.add_argument("out", help="folder to write the dataset into")
+    p.add_argument("--n", type=_positive, default=24, help="good items (default: 24)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--faults", nargs="*", default=[], metavar="FAULT",
+                   help="add one broken item per fault (names listed below)")
+    p.set_defaults(fn=cmd_synth)
 
 
 def _parser() -> argparse.ArgumentParser:
-    ap = argparse.ArgumentParser(prog="sa2va-shards", description=__doc__.splitlines()[0])
-    ap.add_argument("-v", "--verbose", action="store_true")
-    sub = ap.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("build", help="build a dataset version from a YAML config")
-    p.add_argument("config")
-    p.add_argument("--out", help="output root (overrides the config's `out`)")
-    _runtime_flags(p)
-    p.set_defaults(fn=cmd_build)
-    p = sub.add_parser("demo", help="synthesise every raw format, build, verify, render PNGs")
-    p.add_argument("--out", default="demo-out")
-    p.add_argument("--scale", type=float, default=1.0,
-                   help="multiplies the good items synthesised per format")
-    _runtime_flags(p)
-    p.set_defaults(fn=cmd_demo)
-    p = sub.add_parser("verify", help="re-hash shards and re-derive prompt masks and K")
-    p.add_argument("dir")
-    p.add_argument("--shallow", action="store_true", help="hashes and counts only")
-    p.set_defaults(fn=cmd_verify)
-    p = sub.add_parser("inspect", help="render a sample overlay PNG")
-    p.add_argument("dir")
-    p.add_argument("--key")
-    p.add_argument("--out", default="overlay.png")
-    p.set_defaults(fn=cmd_inspect)
-    p = sub.add_parser("stats", help="K / objects / area histograms of builds as a PNG")
-    p.add_argument("dirs", nargs="+")
-    p.add_argument("--out", default="stats.png")
-    p.set_defaults(fn=cmd_stats)
-    p = sub.add_parser("versions", help="list the versions of OUT/<dataset>")
-    p.add_argument("dataset_dir")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_versions)
-    p = sub.add_parser("diff", help="samples, config and K changes between two versions")
-    p.add_argument("v1")
-    p.add_argument("v2")
-    p.add_argument("--json", action="store_true")
-    p.set_defaults(fn=cmd_diff)
-    p = sub.add_parser("synth", help="write a small raw dataset in a real format")
-    p.add_argument("format")
-    p.add_argument("out")
-    p.add_argument("--n", type=int, default=24)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--faults", nargs="*", default=[])
-    p.set_defaults(fn=cmd_synth)
+    ap = _Parser(prog="sa2va-shards", description=__doc__.splitlines()[0])
+    ap.add_argument("--version", action="version",
+                    version=f"sa2va-shards {__version__} (schema {SCHEMA_VERSION})")
+    _verbose(ap, False)
+    sub = ap.add_subparsers(dest="command", required=True, metavar="VERB")
+    for add in (_add_build, _add_demo, _add_readers, _add_history, _add_synth):
+        add(sub)
+    for p in sub.choices.values():
+        _verbose(p, argparse.SUPPRESS)
     return ap
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    # only our own loggers get chatty: Ray's INFO lines are noise to a user
+    for name in ("sa2va_shards", "pipeline"):
+        logging.getLogger(name).setLevel(logging.INFO if verbose else logging.WARNING)
+
+
+def _error(message: str) -> None:
+    print(" ".join(str(message).split("\n")), file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
-                        format="%(levelname)s %(name)s: %(message)s")
+    _setup_logging(args.verbose)
     try:
         return args.fn(args)
     except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+        _error(f"error: {e}")
+        return EXIT_USAGE
     except BuildAborted as e:
-        print(f"build aborted: {e}", file=sys.stderr)
-        return 1
+        _error(f"build aborted: {e}")
+        return EXIT_FAILED
+    except OSError as e:  # unreadable / unwritable paths, a full disk: the machine, not a bug
+        _error(f"error: {e}")
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _error("interrupted (rerun `build` to resume where it stopped)")
+        return 130
+    except Exception as e:
+        if args.verbose:
+            raise
+        _error(f"internal error: {type(e).__name__}: {e} (a bug: rerun with -v for the "
+               "traceback and report it)")
+        return EXIT_BUG
 
 
 if __name__ == "__main__":

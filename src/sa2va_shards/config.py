@@ -196,8 +196,32 @@ def _check_positive(cfg: BuildConfig) -> None:
         raise ConfigError(f"vision.downsample_ratio: {ratio} must be a positive number")
 
 
+def _check_geometry(v: VisionConfig) -> None:
+    """Only geometry InternVL can run: the grid (and so every K and `<IMG_CONTEXT>` count) must
+    be what the model really produces, not a rounded-down guess."""
+    patches, rest = divmod(v.image_size, v.patch_size)
+    if rest:
+        raise ConfigError(
+            f"vision.patch_size: {v.patch_size} does not divide vision.image_size {v.image_size}"
+            f" ({v.image_size} / {v.patch_size} = {v.image_size / v.patch_size:.2f}): "
+            "InternVL's ViT cuts a tile into whole patches")
+    merge = round(1 / v.downsample_ratio)
+    if merge < 1 or not math.isclose(merge * v.downsample_ratio, 1.0, abs_tol=1e-9):
+        raise ConfigError(
+            f"vision.downsample_ratio: {v.downsample_ratio} is not 1/n for a whole n: InternVL's "
+            "pixel shuffle merges n x n patches into one token (0.5 merges 2 x 2)")
+    if patches % merge:
+        raise ConfigError(
+            f"vision: {patches} patches a side (image_size {v.image_size} / patch_size "
+            f"{v.patch_size}) is not divisible by {merge} (1 / downsample_ratio "
+            f"{v.downsample_ratio}): InternVL's pixel shuffle merges {merge} x {merge} patches "
+            f"into one token, so the grid would be {patches * v.downsample_ratio:g}, not a whole "
+            "number" + (" (an even patch count is needed)" if merge == 2 else ""))
+
+
 def _validate(cfg: BuildConfig) -> None:
     _check_positive(cfg)
+    _check_geometry(cfg.vision)
     if cfg.vision.grid < 1:
         raise ConfigError(f"vision: grid {cfg.vision.grid} < 1 from {cfg.vision}")
     if not 1 <= cfg.image.jpeg_quality <= 100:

@@ -66,7 +66,8 @@ def _config_changes(old: dict, new: dict) -> dict[str, list]:
 
 def list_versions(dataset_dir: str | Path) -> list[dict[str, Any]]:
     """Complete versions, oldest first: version, created, samples, rejects, parent, latest,
-    and the config keys changed vs the version before it."""
+    partial and limit (`--limit` builds), and the config keys changed vs the version before
+    it."""
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
         raise ConfigError(f"{dataset_dir}: not a folder of versions (OUT/<dataset>)")
@@ -79,6 +80,8 @@ def list_versions(dataset_dir: str | Path) -> list[dict[str, Any]]:
             "version": c["version"], "created": c["created"], "samples": c["counts"]["written"],
             "rejects": c["counts"]["rejected"], "parent": c.get("parent"),
             "latest": c["version"] == latest,
+            # a --limit smoke build: listed, never `latest`
+            "partial": bool(c.get("partial")), "limit": c.get("limit"),
             "config_changes": _config_changes(previous["config"], c["config"]) if previous
             else {},
         })

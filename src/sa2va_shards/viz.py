@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import tarfile
 from pathlib import Path
 
@@ -9,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from sa2va_shards import ops
+from sa2va_shards.errors import ConfigError
 from sa2va_shards.manifest import read_manifest
 from sa2va_shards.schema import decode_npy, decode_sample_json
 
@@ -21,16 +23,23 @@ _COLORS = np.array([
 
 
 def load_sample(build_dir: str | Path, key: str | None = None) -> dict[str, bytes]:
-    """Raw members of sample `key` (default: the first sample with the most objects)."""
+    """Raw members of sample `key` (default: the first sample with the most objects).
+
+    Raises:
+        ConfigError: no such key (with the closest keys), or a build with no samples.
+    """
     build_dir = Path(build_dir)
     rows = read_manifest(build_dir, "samples.parquet").to_pylist()
     if not rows:
-        raise ValueError(f"{build_dir}: the build has no samples")
+        raise ConfigError(f"{build_dir}: the build has no samples to show")
     if key is None:
         key = max(rows, key=lambda r: (r["n_obj"], -rows.index(r)))["key"]
     row = next((r for r in rows if r["key"] == key), None)
     if row is None:
-        raise KeyError(f"{build_dir}: no sample with key {key!r}")
+        keys = [r["key"] for r in rows]
+        close = difflib.get_close_matches(key, keys, n=3) or keys[:3]
+        raise ConfigError(f"{build_dir}: no sample with key {key!r}; e.g. {', '.join(close)} "
+                          "(every key: the `key` column of samples.parquet)")
     members = {}
     with tarfile.open(build_dir / "shards" / row["shard"]) as tar:
         for m in tar:

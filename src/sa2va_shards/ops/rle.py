@@ -6,6 +6,7 @@ column-major planes): a C-to-Fortran copy of full-resolution masks costs more th
 
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
 import numpy as np
@@ -153,7 +154,12 @@ def rle_decode(rles: list[dict], *, height: int, width: int) -> np.ndarray:
     if not rles:
         return np.zeros((0, height, width), np.uint8)
     try:
-        decoded = mask_utils.decode(rles)  # (H, W, n) Fortran
+        with warnings.catch_warnings():
+            # pycocotools' Cython decode hands NumPy 2 an object whose __array__ predates the
+            # `copy` keyword: NumPy warns on every call, then falls back (same array)
+            warnings.filterwarnings("ignore", "__array__ implementation doesn't accept a copy",
+                                    DeprecationWarning)
+            decoded = mask_utils.decode(rles)  # (H, W, n) Fortran
     except Exception as e:  # pycocotools raises bare Exceptions on garbage strings
         raise _bad(f"RLE decode failed: {type(e).__name__}: {e}") from e
     return decoded.transpose(2, 0, 1)
