@@ -62,3 +62,16 @@ def test_mixtures_in_the_repo_parse():
     for path in paths:
         mixture = load_mixture(path)
         assert all(s.repeat or s.weight for s in mixture.sources)
+
+
+def test_relative_paths_in_a_config_file_resolve_against_its_folder(tmp_path, monkeypatch):
+    from sa2va_shards.config import load_config
+
+    folder = tmp_path / "configs"
+    folder.mkdir()
+    (folder / "c.yaml").write_text("dataset: d\nreader: {format: coco, root: ../raw}\n"
+                                   "out: ../shards\n")
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    monkeypatch.chdir(tmp_path / "a" / "b")  # the working directory plays no part
+    cfg = load_config(folder / "c.yaml")
+    assert cfg.reader.root == str(tmp_path / "raw") and cfg.out == str(tmp_path / "shards")

@@ -237,7 +237,9 @@ def _validate(cfg: BuildConfig) -> None:
 
 
 def parse_config(data: dict[str, Any], *, base_dir: Path | None = None) -> BuildConfig:
-    """Build a `BuildConfig` from plain data; relative `reader.root` resolves against `base_dir`.
+    """Build a `BuildConfig` from plain data; a relative `reader.root` or `out` resolves against
+    `base_dir` (the config file's folder); `--out` on the command line is relative to the
+    working directory, as any flag.
 
     Raises:
         ConfigError: on an unknown key (with a suggestion), a wrong type or a bad value.
@@ -246,6 +248,8 @@ def parse_config(data: dict[str, Any], *, base_dir: Path | None = None) -> Build
     if base_dir is not None and not Path(cfg.reader.root).is_absolute():
         root = str((base_dir / cfg.reader.root).resolve())
         cfg = dataclasses.replace(cfg, reader=dataclasses.replace(cfg.reader, root=root))
+    if base_dir is not None and not Path(cfg.out).is_absolute():  # as root: the file's folder
+        cfg = dataclasses.replace(cfg, out=str((base_dir / cfg.out).resolve()))
     _validate(cfg)
     return cfg
 
