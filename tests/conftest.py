@@ -9,6 +9,16 @@ import pytest
 
 from sa2va_shards.readers import synth_dataset
 
+try:  # property tests: the same examples on every run (CI must not fail at random); set
+    # HYPOTHESIS_PROFILE=explore to search new ones
+    from hypothesis import settings
+
+    settings.register_profile("repro", derandomize=True, deadline=None)
+    settings.register_profile("explore", deadline=None)
+    settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "repro"))
+except ImportError:
+    pass
+
 
 @pytest.fixture(scope="session")
 def ray_local():

@@ -105,3 +105,11 @@ def test_a_path_object_is_not_text(tree):
     with pytest.raises(SampleError) as e:
         data_path(tree, Path("x.jpg"))
     assert e.value.reason is Reason.BAD_ANNOTATION
+
+
+@pytest.mark.parametrize("name", ["\ud800", "a/\udcff.jpg"])
+def test_a_file_name_that_is_not_valid_text_is_a_reject(tree, name):
+    # found by the COCO index fuzz test: a lone surrogate crashed the path resolution
+    with pytest.raises(SampleError) as e:
+        data_path(tree / "root", name)
+    assert e.value.reason == Reason.BAD_ANNOTATION

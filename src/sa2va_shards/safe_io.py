@@ -100,6 +100,10 @@ def data_path(base: str | Path, rel: Any, *, name: str = "file_name") -> Path:
         raise SampleError(Reason.BAD_ANNOTATION, f"{name} {rel!r} is not a file name")
     if "\0" in rel:
         raise SampleError(Reason.BAD_ANNOTATION, f"{name} {rel!r} holds a NUL character")
+    try:
+        rel.encode("utf-8")  # a lone surrogate cannot name a file (the OS call would raise)
+    except UnicodeEncodeError as e:
+        raise SampleError(Reason.BAD_ANNOTATION, f"{name} {rel!r} is not valid text") from e
     pure = PurePosixPath(rel)
     if pure.is_absolute() or ".." in pure.parts:
         raise SampleError(Reason.UNSAFE_PATH,
