@@ -18,7 +18,7 @@ import stat
 from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO
 
-from sa2va_shards.errors import Reason, SampleError
+from sa2va_shards.errors import ConfigError, Reason, SampleError
 
 __all__ = [
     "DuplicateKeyDict",
@@ -175,6 +175,22 @@ def load_json(f: BinaryIO | str | bytes) -> tuple[Any, bool]:
     else:
         doc = json.loads(f, object_pairs_hook=hook)
     return doc, bool(found)
+
+
+def load_setup_json(path: Path, *, unreadable: str,
+                    missing: str | None = None) -> tuple[Any, bool]:
+    """A JSON index file the whole build depends on, as `load_json` gives it; any failure is
+    one `ConfigError` line: `<path>: <missing>` for a missing file (when given), else
+    `<path>: <unreadable>: <why>`."""
+    try:
+        with open_regular(path) as f:
+            return load_json(f)
+    except FileNotFoundError as e:
+        if missing is None:
+            raise ConfigError(f"{path}: {unreadable}: {e}") from e
+        raise ConfigError(f"{path}: {missing}") from e
+    except (OSError, ValueError) as e:  # JSON and Unicode errors are ValueErrors
+        raise ConfigError(f"{path}: {unreadable}: {e}") from e
 
 
 def duplicate_keys(obj: Any, limit: int = 1_000_000) -> tuple[str, ...]:

@@ -23,8 +23,7 @@ from sa2va_shards.records import ItemRef, RawSample, bad_item
 from sa2va_shards.safe_io import (
     DuplicateKeyDict,
     duplicate_keys,
-    load_json,
-    open_regular,
+    load_setup_json,
     read_data_file,
 )
 
@@ -67,13 +66,8 @@ def read_image(root: str | Path, folder: str, file_name: Any) -> tuple[str, byte
 def load_instances(path: Path) -> tuple[dict[str, Any], bool]:
     """A COCO instances JSON and whether any object in it repeats a key; anything unreadable
     stops the build (`ConfigError`): it indexes the whole set."""
-    try:
-        with open_regular(path) as f:
-            data, dups = load_json(f)
-    except FileNotFoundError as e:
-        raise ConfigError(f"{path}: annotation file not found (check reader.root)") from e
-    except (OSError, ValueError) as e:  # JSON and Unicode errors are ValueErrors
-        raise ConfigError(f"{path}: cannot read annotations: {e}") from e
+    data, dups = load_setup_json(path, unreadable="cannot read annotations",
+                                 missing="annotation file not found (check reader.root)")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ConfigError(f"{path}: not a COCO instances file (no 'images' list)")
     if isinstance(data, DuplicateKeyDict):

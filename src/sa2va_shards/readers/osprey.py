@@ -25,7 +25,12 @@ from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
 from sa2va_shards.readers import _synth
 from sa2va_shards.records import ItemRef, RawSample, bad_item
-from sa2va_shards.safe_io import data_path, duplicate_keys, load_json, open_regular, read_data_file
+from sa2va_shards.safe_io import (
+    data_path,
+    duplicate_keys,
+    load_setup_json,
+    read_data_file,
+)
 
 __all__ = ["OSPREY_FAULTS", "OSPREY_FILES", "OspreyReader"]
 
@@ -92,14 +97,9 @@ class OspreyReader:
     def _read_list(self, file: str) -> tuple[list, bool]:
         """The file's elements and whether any object in it repeats a key."""
         path = Path(self.root) / self.annotations / file
-        try:
-            with open_regular(path) as f:
-                data, dups = load_json(f)
-        except FileNotFoundError as e:
-            raise ConfigError(f"{path}: Osprey file not found (check reader.root and "
-                              "reader.options.files)") from e
-        except (OSError, ValueError) as e:  # JSON and Unicode errors are ValueErrors
-            raise ConfigError(f"{path}: cannot read Osprey annotations: {e}") from e
+        data, dups = load_setup_json(path, unreadable="cannot read Osprey annotations",
+                                     missing="Osprey file not found (check reader.root and "
+                                             "reader.options.files)")
         if not isinstance(data, list):
             raise ConfigError(f"{path}: expected a top-level JSON list, got "
                               f"{type(data).__name__}")

@@ -55,6 +55,7 @@ from sa2va_shards.safe_io import (
     DuplicateKeyDict,
     duplicate_keys,
     load_json,
+    load_setup_json,
     open_regular,
     read_data_file,
 )
@@ -118,14 +119,9 @@ class _RefVideoReader:
 
     def _videos(self) -> dict:
         path = Path(self.root) / self.expressions
-        try:
-            with open_regular(path) as f:
-                doc, _ = load_json(f)
-        except FileNotFoundError as e:
-            raise ConfigError(f"{path}: expression file not found (check reader.root and "
-                              "reader.options.expressions)") from e
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{path}: cannot read the expression file: {e}") from e
+        doc, _ = load_setup_json(path, unreadable="cannot read the expression file",
+                                 missing="expression file not found (check reader.root and "
+                                         "reader.options.expressions)")
         videos = doc.get("videos") if isinstance(doc, dict) else None
         if "videos" in getattr(doc, "duplicates", ()):
             raise ConfigError(f"{path}: the key 'videos' is repeated; which one holds the set?")

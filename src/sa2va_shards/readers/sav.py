@@ -38,7 +38,7 @@ from sa2va_shards.safe_io import (
     data_path,
     duplicate_keys,
     load_json,
-    open_regular,
+    load_setup_json,
     read_data_file,
 )
 
@@ -127,11 +127,7 @@ class SavReader:
         if self.expressions is None:
             return {}, {}
         path = Path(self.root) / self.expressions
-        try:
-            with open_regular(path) as f:
-                doc, dups = load_json(f)
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"{path}: cannot read the expression file: {e}") from e
+        doc, dups = load_setup_json(path, unreadable="cannot read the expression file")
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: expected an object of videos, got {type(doc).__name__}")
         captions, bad = {}, {}
