@@ -109,11 +109,12 @@ def epoch_plan(sources: Sequence[PlanSource], *, seed: int, epoch: int, interlea
                               shuffle=shuffle) for i, s in enumerate(sources)]
     rng = np.random.default_rng([seed, epoch, 1 << 20]) if shuffle else None
     ids = _interleave(streams, rng)
-    rng = np.random.default_rng([seed, epoch, 1 << 20]) if shuffle else None
-    source = _interleave([np.full(len(x), i) for i, x in enumerate(streams)], rng)
+    shard = (ids >> 32).astype(np.int32)
+    owner = np.zeros(max((max(s.shards, default=-1) for s in sources), default=-1) + 1, np.int32)
+    for i, s in enumerate(sources):  # every shard belongs to one source
+        owner[list(s.shards)] = i
     # int32: the plan is held by the main process and every worker (12 bytes a position)
-    return (source.astype(np.int32), (ids >> 32).astype(np.int32),
-            (ids & 0xFFFFFFFF).astype(np.int32))
+    return owner[shard], shard, (ids & 0xFFFFFFFF).astype(np.int32)
 
 
 def split(remaining: np.ndarray, *, world_size: int, rank: int, workers: int, worker: int,
