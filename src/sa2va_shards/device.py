@@ -91,12 +91,15 @@ def make_tiles(images: torch.Tensor, thumbs: torch.Tensor, grids: torch.Tensor,
                 per_sample[i] = thumbs[int(starts[i]):int(starts[i] + frames[i])]
             continue
         first = starts[sel]  # tiled samples are images: one frame each
-        big = normalize_images(resize_images(images[first], (tile * rows, tile * cols)),
-                               dtype=thumbs.dtype)
-        for j, i in enumerate(sel):
-            if i < len(stored) and stored[i] is not None:  # full detail, one resample
-                big[j] = normalize_images(stored[i].permute(2, 0, 1)[None],
-                                          dtype=thumbs.dtype)[0]
+        big = torch.empty((len(sel), 3, tile * rows, tile * cols), dtype=torch.uint8,
+                          device=images.device)
+        kept = [j for j, i in enumerate(sel) if i < len(stored) and stored[i] is not None]
+        resize = [j for j in range(len(sel)) if j not in kept]
+        if resize:  # only samples without the build's full-detail image are resampled
+            big[resize] = resize_images(images[first[resize]], (tile * rows, tile * cols))
+        for j in kept:
+            big[j] = stored[sel[j]].permute(2, 0, 1)
+        big = normalize_images(big, dtype=thumbs.dtype)
         crops = big.unflatten(2, (rows, tile)).unflatten(4, (cols, tile))  # m,3,r,t,c,t
         crops = crops.permute(0, 2, 4, 1, 3, 5).reshape(len(sel), rows * cols, 3, tile, tile)
         for j, i in enumerate(sel):
