@@ -520,13 +520,15 @@ class ShardDataset(IterableDataset):
             warnings.warn(f"sa2va_shards loader skipped ({reason}): {detail}",
                           CorruptDataWarning, stacklevel=2)
 
-    def _cursor(self, shard: int, source: _Source) -> _Cursor:
+    def _cursor(self, shard: int, source: _Source, manifests: dict,
+                scope: list[str]) -> _Cursor:
         url = self.urls[shard]
         wanted = partial(wanted_member, gt_masks=self.cfg.gt_masks)
         fetch = partial(ensure_local, budget=self.cfg.cache_bytes)
         return _Cursor(lambda: TarStream([url], owned={url}, wanted=wanted,
                                          expected=source.counts, strict=self.cfg.strict,
-                                         report=self._count, fetch=fetch),
+                                         report=self._count, fetch=fetch,
+                                         manifests=manifests, scope=scope),
                        source.keys[shard - source.first_shard])
 
     def _raw_stream(self, positions: np.ndarray) -> Iterator[dict]:
@@ -535,9 +537,13 @@ class ShardDataset(IterableDataset):
         source, shard, item = (a[positions] for a in self._plan())
         last = {int(g): i for i, g in enumerate(shard)}
         cursors: dict[int, _Cursor] = {}
+        # the manifests are read once per pass, for this piece's shards only
+        manifests: dict = {}
+        scope = [self.urls[g] for g in last]
         for i, (p, s, g, it) in enumerate(zip(positions.tolist(), source.tolist(),
                                               shard.tolist(), item.tolist(), strict=True)):
-            cur = cursors.get(g) or cursors.setdefault(g, self._cursor(g, self.sources[s]))
+            cur = cursors.get(g) or cursors.setdefault(
+                g, self._cursor(g, self.sources[s], manifests, scope))
             raw = cur.get(it)
             if last[g] == i:
                 cursors.pop(g).finish()

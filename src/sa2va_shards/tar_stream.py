@@ -237,19 +237,25 @@ class TarStream:
         verify: check against the manifests (local shards of a build).
         verify_samples: also refuse samples whose content hash differs (needs `verify`).
         fetch: called with a local shard path before it is opened (`remote.ensure_local`).
+        manifests: a cache of the builds' manifests shared by several streams (a loader
+            worker opens one stream per shard), loaded once for the shards of `scope`.
+        scope: the shard URLs whose manifest rows to load (default `urls`).
     """
 
     def __init__(self, urls: list[str], *, owned: set[str], wanted: Callable[[str], bool],
                  expected: dict[str, int], strict: bool,
                  report: Callable[[str, str], None], verify: bool = True,
                  verify_samples: bool = True,
-                 fetch: Callable[[Path], None] | None = None) -> None:
+                 fetch: Callable[[Path], None] | None = None,
+                 manifests: dict[Path, _Manifest | None] | None = None,
+                 scope: Sequence[str] | None = None) -> None:
         self.urls, self.owned, self.wanted, self.expected = urls, owned, wanted, expected
         self.strict, self.report = strict, report
         self.verify, self.verify_samples = verify, verify and verify_samples
         self.url, self.bad, self.fetch = "", set(), fetch
         self._changed = 0  # samples of the current shard refused for changed bytes
-        self._manifests: dict[Path, _Manifest | None] = {}
+        self._manifests = {} if manifests is None else manifests
+        self._scope = urls if scope is None else scope
 
     def _select(self, fname: str) -> bool:
         suffix = tariterators.base_plus_ext(fname)[1]
@@ -261,7 +267,8 @@ class TarStream:
         if not self.verify or build is None or not (build / CARD).is_file():
             return None
         if build not in self._manifests:
-            files = {p.name for p in map(_local_path, self.urls) if p and p.parent.parent == build}
+            files = {p.name for p in map(_local_path, self._scope)
+                     if p and p.parent.parent == build}
             try:
                 manifest: _Manifest | None = _Manifest(build, files)
                 problem = manifest.problem
