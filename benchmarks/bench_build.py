@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from pipeline.build import run_build
+from sa2va_shards.build.run import run_build
 from sa2va_shards.config import parse_config
 from sa2va_shards.readers import _synth
 

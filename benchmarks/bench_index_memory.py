@@ -96,8 +96,8 @@ def make_annotations(root: Path, *, objects: int, per_image: int) -> tuple[int, 
 
 def measure(root: Path, samples_per_shard: int) -> dict:
     """Run in a fresh process: index, fingerprint, plan; peak RSS after each."""
+    from sa2va_shards.build.plan import plan_shards
     from sa2va_shards.manifest import input_fingerprint
-    from sa2va_shards.plan import plan_shards
     from sa2va_shards.readers.osprey import OspreyReader
 
     gc.collect()

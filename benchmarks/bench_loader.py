@@ -36,12 +36,12 @@ from PIL import Image
 from pycocotools import mask as mask_utils
 from torch.utils.data import DataLoader, Dataset
 
-from pipeline.build import run_build
+from sa2va_shards.build.run import run_build
 from sa2va_shards.config import parse_config
-from sa2va_shards.device import IMAGENET_MEAN, IMAGENET_STD, to_device
-from sa2va_shards.encode import Encoder
 from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader
-from sa2va_shards.prompts import image_prompt, regions_header
+from sa2va_shards.loader.batch import IMAGENET_MEAN, IMAGENET_STD, to_device
+from sa2va_shards.loader.encode import Encoder
+from sa2va_shards.loader.prompts import image_prompt, regions_header
 from sa2va_shards.readers import synth_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))

@@ -68,8 +68,8 @@ def make_index(root: Path, *, videos: int, objects: int, frames: int) -> int:
 
 def measure(root: str) -> dict:
     """In this (fresh) process: list_items, fingerprint and plan, with time and memory."""
+    from sa2va_shards.build.plan import plan_shards
     from sa2va_shards.manifest import input_fingerprint
-    from sa2va_shards.plan import plan_shards
     from sa2va_shards.readers.refvideo import MevisReader
 
     base = _status_mb("VmRSS")

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pipeline.build import run_build
+from sa2va_shards.build.run import run_build
 from sa2va_shards.config import parse_config
 from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader
-from sa2va_shards.mixture import MixSource, Mixture
+from sa2va_shards.loader.mixture import MixSource, Mixture
 from sa2va_shards.readers import synth_dataset
 
 #: the shuffle buffer is set to one shard's samples, the ratio of the defaults (256 : 256)

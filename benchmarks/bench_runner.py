@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from pipeline.build import run_build
+from sa2va_shards.build.run import run_build
 from sa2va_shards.config import parse_config
 from sa2va_shards.readers import synth_dataset
 

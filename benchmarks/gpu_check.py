@@ -16,16 +16,16 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from sa2va_shards.device import IMAGENET_STD  # noqa: E402
-from sa2va_shards.encode import Encoder  # noqa: E402
 from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader  # noqa: E402
+from sa2va_shards.loader.batch import IMAGENET_STD  # noqa: E402
+from sa2va_shards.loader.encode import Encoder  # noqa: E402
 from tests.helpers.tokenizer import tiny_tokenizer  # noqa: E402
 
 TASKS = ("mask_to_caption", "caption_to_mask")
 
 
 def build(out: Path) -> None:
-    from pipeline.build import run_build
+    from sa2va_shards.build.run import run_build
     from sa2va_shards.config import parse_config
     from sa2va_shards.readers import synth_dataset
 

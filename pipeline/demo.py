@@ -3,12 +3,10 @@ Ray session, verify each build, render an overlay and the statistics."""
 
 from __future__ import annotations
 
-import contextlib
 from dataclasses import dataclass
 from pathlib import Path
 
-from pipeline.build import BuildResult, run_build
-from pipeline.runners import ray_session
+from sa2va_shards.build import BuildResult, make_runner, run_build
 from sa2va_shards.config import parse_config
 from sa2va_shards.readers import READERS, synth_dataset
 from sa2va_shards.verify import VerifyReport, verify_build
@@ -49,7 +47,8 @@ def run_demo(out: Path, *, scale: float = 1.0, address: str | None = None,
     (showing the cluster path is its point), whatever the builds' size."""
     builds = []
     # one Ray for all demo builds (a start costs seconds; `run_ray` reuses a live one)
-    with contextlib.nullcontext() if serial else ray_session(address, num_cpus):
+    runner = make_runner("serial" if serial else "ray", address=address, num_cpus=num_cpus)
+    with runner.session():
         for fmt, name, n, faults, options in DEMO_SETS:
             if fmt not in READERS:
                 continue
@@ -58,8 +57,7 @@ def run_demo(out: Path, *, scale: float = 1.0, address: str | None = None,
             cfg = parse_config({"dataset": name, "reader": {"format": fmt, "root": str(raw),
                                                             "options": options},
                                 "shards": {"samples_per_shard": 16}, "out": str(out / "shards")})
-            result = run_build(cfg, runner="serial" if serial else "ray", address=address,
-                               num_cpus=num_cpus, log_json=log_json)
+            result = run_build(cfg, runner=runner, log_json=log_json)
             builds.append(DemoBuild(format=fmt, result=result,
                                     report=verify_build(result.build_dir)))
     return builds

@@ -15,7 +15,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pipeline.build import AUTO_SERIAL_MAX_INPUTS, _pick_runner, run_build
+from sa2va_shards.build import SerialRunner
+from sa2va_shards.build.run import AUTO_SERIAL_MAX_INPUTS, _pick_runner, run_build
 from sa2va_shards.cli import _fault_names, _parser, main
 from sa2va_shards.config import parse_config
 from sa2va_shards.errors import ConfigError
@@ -228,11 +229,17 @@ def _plans(sizes: list[int]) -> list[ShardPlan]:
 
 def test_auto_runner_is_serial_for_small_builds_and_ray_for_clusters_and_big_ones():
     small, big = _plans([256, 200]), _plans([256] * 3)
-    assert _pick_runner("auto", None, small) == "serial"
-    assert _pick_runner("auto", None, _plans([AUTO_SERIAL_MAX_INPUTS + 1])) == "serial"
-    assert _pick_runner("auto", None, big) == "ray"
-    assert _pick_runner("auto", "auto", small) == "ray"
-    assert _pick_runner("serial", None, big) == "serial"
+
+    def picked(*args):
+        return _pick_runner(*args).name
+
+    assert picked("auto", None, small) == "serial"
+    assert picked("auto", None, _plans([AUTO_SERIAL_MAX_INPUTS + 1])) == "serial"
+    assert picked("auto", None, big) == "ray"
+    assert picked("auto", "auto", small) == "ray"
+    assert picked("serial", None, big) == "serial"
+    mine = SerialRunner(name="mine")  # a Runner object is used as given
+    assert _pick_runner(mine, "auto", big) is mine
     with pytest.raises(ConfigError):
         _pick_runner("fast", None, small)
 

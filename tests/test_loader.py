@@ -17,10 +17,9 @@ import torch
 from numpy.lib import format as npformat
 from PIL import Image
 
-from pipeline.build import run_build
 from sa2va_shards import ops
+from sa2va_shards.build.run import run_build
 from sa2va_shards.config import VisionConfig
-from sa2va_shards.device import IMAGENET_MEAN, IMAGENET_STD, dynamic_grid, tile_count, to_device
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.loader import (
     CorruptDataError,
@@ -30,6 +29,13 @@ from sa2va_shards.loader import (
     ShardLoader,
     SkippedSamplesWarning,
     collate,
+)
+from sa2va_shards.loader.batch import (
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    dynamic_grid,
+    tile_count,
+    to_device,
 )
 from sa2va_shards.schema import decode_npy, encode_npy
 from tests.helpers import make_config

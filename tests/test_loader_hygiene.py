@@ -13,11 +13,11 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build import run_build
 from pipeline.demo import DEMO_SETS
+from sa2va_shards.build.run import run_build
 from sa2va_shards.config import parse_config
-from sa2va_shards.encode import Encoder
 from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader
+from sa2va_shards.loader.encode import Encoder
 from tests.helpers.tokenizer import tiny_tokenizer
 
 README = Path(__file__).resolve().parents[1] / "README.md"

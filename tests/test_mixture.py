@@ -10,11 +10,11 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from pipeline.build import run_build
-from sa2va_shards.epoch import PlanSource, epoch_plan, source_counts
+from sa2va_shards.build.run import run_build
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader
-from sa2va_shards.mixture import MixSource, Mixture, load_mixture
+from sa2va_shards.loader.epoch import PlanSource, epoch_plan, source_counts
+from sa2va_shards.loader.mixture import MixSource, Mixture, load_mixture
 from tests.helpers import make_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")

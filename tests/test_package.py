@@ -15,7 +15,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def test_library_imports_without_ray():
-    code = ("import sys, sa2va_shards, sa2va_shards.shard, sa2va_shards.cli, "
+    code = ("import sys, sa2va_shards, sa2va_shards.build.shard, sa2va_shards.cli, "
             "sa2va_shards.verify, sa2va_shards.viz; assert 'ray' not in sys.modules")
     subprocess.run([sys.executable, "-c", code], check=True)
 
@@ -55,7 +55,7 @@ def test_configs_in_the_repo_parse():
 
 
 def test_mixtures_in_the_repo_parse():
-    from sa2va_shards.mixture import load_mixture
+    from sa2va_shards.loader.mixture import load_mixture
 
     paths = sorted((ROOT / "configs" / "mixtures").glob("*.yaml"))
     assert paths
@@ -75,3 +75,32 @@ def test_relative_paths_in_a_config_file_resolve_against_its_folder(tmp_path, mo
     monkeypatch.chdir(tmp_path / "a" / "b")  # the working directory plays no part
     cfg = load_config(folder / "c.yaml")
     assert cfg.reader.root == str(tmp_path / "raw") and cfg.out == str(tmp_path / "shards")
+
+
+def test_without_ray_the_library_builds_serially_and_the_loader_reads(tmp_path):
+    """A loader-only training node (no Ray installed): builds run in-process under
+    `--runner auto`, a Ray build says the one command that fixes it, the loader serves."""
+    code = f"""
+import sys
+sys.modules['ray'] = None  # `import ray` now raises ImportError, as on a node without Ray
+from sa2va_shards.build import make_runner, run_build
+from sa2va_shards.config import parse_config
+from sa2va_shards.errors import ConfigError
+from sa2va_shards.loader import LoaderConfig, ShardDataset
+from sa2va_shards.readers import synth_dataset
+
+raw = synth_dataset('coco', {str(tmp_path / 'raw')!r}, n_items=6, seed=0)
+cfg = parse_config({{'dataset': 'noray', 'reader': {{'format': 'coco', 'root': str(raw)}},
+                     'shards': {{'samples_per_shard': 2}}, 'out': {str(tmp_path / 'out')!r}}})
+result = run_build(cfg, runner='auto', progress=False)
+assert result.runner == 'serial' and result.counts['written'] > 0
+n = sum(1 for _ in ShardDataset(result.build_dir, LoaderConfig(gt_masks='none', shuffle=False)))
+assert n == result.counts['written'], (n, result.counts)
+try:
+    make_runner('ray')
+except ConfigError as e:
+    assert "pip install 'sa2va-shards[ray]'" in str(e)
+else:
+    raise AssertionError('a Ray runner without Ray')
+"""
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -14,10 +14,10 @@ import pyarrow.parquet as pq
 import pytest
 
 import sa2va_shards
-from pipeline.build import run_build
+from sa2va_shards.build.provenance import code_fingerprint, files_fingerprint
+from sa2va_shards.build.run import run_build
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.manifest import SHARD_SCHEMA
-from sa2va_shards.provenance import code_fingerprint, files_fingerprint
 from sa2va_shards.readers import synth_dataset
 from sa2va_shards.verify import verify_build
 from sa2va_shards.versions import list_versions
@@ -41,8 +41,13 @@ def test_code_fingerprint_follows_the_byte_deciding_source(tmp_path):
     image.write_text(image.read_text().replace("quality", "quality ", 1))  # any edit
     assert code_fingerprint(copy)["id"] != base["id"]
     image.write_text((PACKAGE / "ops" / "image.py").read_text())
-    (copy / "loader.py").write_text("# the loader decides no shard byte\n")
+    # the loader, the progress bar and the runners decide no shard byte
+    for name in ("loader/dataset.py", "build/progress.py", "build/runners.py"):
+        (copy / name).write_text("# edited\n")
     assert code_fingerprint(copy)["id"] == base["id"]
+    transform = copy / "build" / "transform.py"
+    transform.write_text(transform.read_text() + "\n")
+    assert code_fingerprint(copy)["id"] != base["id"]
 
 
 def test_files_fingerprint_sees_size_time_and_content(tmp_path):
@@ -100,8 +105,8 @@ def coco(synth):
 def test_other_code_is_another_version_and_never_mixed(coco, tmp_path, monkeypatch):
     cfg = make_config(coco, tmp_path, dataset="code", shards={"samples_per_shard": 2})
     first = run_build(cfg, runner="serial", progress=False)
-    import pipeline.build as build_mod
-    import sa2va_shards.writer as writer_mod
+    import sa2va_shards.build.run as build_mod
+    import sa2va_shards.build.writer as writer_mod
 
     # the same config and data under other code: a new version, not "already built"
     monkeypatch.setattr(build_mod, "code_id", lambda: "feedfacefeedface")

@@ -18,25 +18,25 @@ import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 from torch import nn
 
-from pipeline.build import run_build
 from pipeline.demo import DEMO_SETS
+from sa2va_shards.build.run import run_build
 from sa2va_shards.config import VisionConfig, parse_config
-from sa2va_shards.encode import (
+from sa2va_shards.errors import ConfigError
+from sa2va_shards.loader import CorruptDataWarning, LoaderConfig, ShardDataset, ShardLoader
+from sa2va_shards.loader.decode import (
+    Wording,
+    clean_phrase,
+    dialogue_turns,
+    referring_turns,
+    sample_frames,
+)
+from sa2va_shards.loader.encode import (
     IGNORE_INDEX,
     SPECIAL_TOKENS,
     TEMPLATES,
     EncodeError,
     Encoder,
     add_special_tokens,
-)
-from sa2va_shards.errors import ConfigError
-from sa2va_shards.loader import CorruptDataWarning, LoaderConfig, ShardDataset, ShardLoader
-from sa2va_shards.samples import (
-    Wording,
-    clean_phrase,
-    dialogue_turns,
-    referring_turns,
-    sample_frames,
 )
 from tests.helpers.sa2va_model import fill_slots, seg_targets
 from tests.helpers.tokenizer import tiny_tokenizer

@@ -10,9 +10,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.build import run_build
-from sa2va_shards.device import IMAGENET_MEAN, IMAGENET_STD
+from sa2va_shards.build.run import run_build
 from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader
+from sa2va_shards.loader.batch import IMAGENET_MEAN, IMAGENET_STD
 from sa2va_shards.ops.tiles import dynamic_grid
 from sa2va_shards.verify import verify_build
 from tests.helpers import make_config

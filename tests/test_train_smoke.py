@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.build import run_build
+from sa2va_shards.build.run import run_build
 from sa2va_shards.config import VisionConfig
 from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader
 from sa2va_shards.readers.coco import _CATEGORIES

@@ -1,6 +1,7 @@
 """`sa2va-shards`: the one CLI. A thin layer: parse, call the library, print.
 
-`build` and `demo` reach Ray through one lazy import of `pipeline.build` / `pipeline.demo`.
+`build` runs the library's `run_build` (Ray only when its runner is Ray); `demo` is the one
+lazy import of `pipeline`.
 A user mistake ends in one `error: ...` line on stderr and exit code 2, never a traceback
 (`-v` shows the traceback of an unexpected error).
 """
@@ -48,7 +49,7 @@ def _logs_above_bars():
     """Log lines (-v) printed through tqdm, so they do not tear the progress bars."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    return logging_redirect_tqdm() if logging.getLogger("pipeline").isEnabledFor(
+    return logging_redirect_tqdm() if logging.getLogger("sa2va_shards").isEnabledFor(
         logging.INFO) else contextlib.nullcontext()
 
 
@@ -67,7 +68,7 @@ def _print_build(result) -> None:
 
 
 def cmd_build(args: argparse.Namespace) -> int:
-    from pipeline.build import run_build  # the only way into Ray
+    from sa2va_shards.build import run_build
 
     cfg = load_config(args.config)
     if args.out:
@@ -81,7 +82,7 @@ def cmd_build(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from pipeline.demo import run_demo  # the only other way into Ray
+    from pipeline.demo import run_demo  # the demo's one Ray session
     from sa2va_shards.viz import render_overlay, render_stats
 
     out = Path(args.out)

@@ -12,7 +12,7 @@ import pyarrow.parquet as pq
 import pytest
 from PIL import Image
 
-from pipeline.build import run_build
+from sa2va_shards.build.run import run_build
 from sa2va_shards.readers.coco import COCO_FAULTS
 from tests.helpers import make_config
 

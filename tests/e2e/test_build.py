@@ -16,8 +16,7 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
-from pipeline import build as build_mod
-from pipeline.build import run_build
+from sa2va_shards.build import process_shard, run_build
 from sa2va_shards.manifest import file_sha256
 from sa2va_shards.verify import verify_build
 from tests.helpers import make_config
@@ -161,7 +160,7 @@ def test_rebuilding_an_existing_version_is_a_no_op(serial_build):
 
 def test_config_change_gives_a_new_version(serial_build):
     cfg, first = serial_build
-    from pipeline.build import get_reader, input_fingerprint, version_id
+    from sa2va_shards.build.run import get_reader, input_fingerprint, version_id
 
     fp = input_fingerprint(get_reader(cfg.reader).list_items())
     card = json.loads((first.build_dir / "dataset.json").read_text())
@@ -180,10 +179,10 @@ def test_config_change_gives_a_new_version(serial_build):
     assert version_id(cfg, fp, **{**ids, "files": "0" * 64}) != first.version
 
 
-def test_crashed_build_resumes_to_the_same_bytes(serial_build, tmp_path, monkeypatch):
+def test_crashed_build_resumes_to_the_same_bytes(serial_build, tmp_path):
     cfg, reference = serial_build
     cfg = dataclasses.replace(cfg, out=str(tmp_path))
-    real = build_mod.process_shard
+    real = process_shard
     calls = []
 
     def crash_on_third(plan, cfg, *, build_dir):
@@ -193,10 +192,8 @@ def test_crashed_build_resumes_to_the_same_bytes(serial_build, tmp_path, monkeyp
             raise RuntimeError("simulated crash")
         return real(plan, cfg, build_dir=build_dir)
 
-    monkeypatch.setattr(build_mod, "process_shard", crash_on_third)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        run_build(cfg, runner="serial", progress=False)
-    monkeypatch.setattr(build_mod, "process_shard", real)
+        run_build(cfg, runner="serial", progress=False, shard_fn=crash_on_third)
     resumed = run_build(cfg, runner="serial", progress=False)
     assert resumed.resumed_shards == 2
     for name in ["samples.parquet", "shards.parquet", "rejects.parquet"]:
@@ -206,10 +203,10 @@ def test_crashed_build_resumes_to_the_same_bytes(serial_build, tmp_path, monkeyp
     assert not list((resumed.build_dir / "shards").glob("*.tmp"))
 
 
-def test_resume_redoes_a_shard_whose_bytes_changed(serial_build, tmp_path, monkeypatch):
+def test_resume_redoes_a_shard_whose_bytes_changed(serial_build, tmp_path):
     cfg, reference = serial_build
     cfg = dataclasses.replace(cfg, out=str(tmp_path))
-    real = build_mod.process_shard
+    real = process_shard
     calls = []
 
     def crash_on_last(plan, cfg, *, build_dir):
@@ -218,12 +215,10 @@ def test_resume_redoes_a_shard_whose_bytes_changed(serial_build, tmp_path, monke
             raise RuntimeError("simulated crash")
         return real(plan, cfg, build_dir=build_dir)
 
-    monkeypatch.setattr(build_mod, "process_shard", crash_on_last)
     with pytest.raises(RuntimeError):
-        run_build(cfg, runner="serial", progress=False)
+        run_build(cfg, runner="serial", progress=False, shard_fn=crash_on_last)
     first = Path(tmp_path) / cfg.dataset / reference.version / "shards" / "test-000000.tar"
     first.write_bytes(first.read_bytes()[:-10] + b"corrupted!")
-    monkeypatch.setattr(build_mod, "process_shard", real)
     resumed = run_build(cfg, runner="serial", progress=False)
     assert resumed.resumed_shards == len(calls) - 2  # the corrupted one and the crashed one redone
     assert file_sha256(first) == file_sha256(reference.build_dir / "shards" / first.name)

@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline import build as build_mod
-from pipeline.build import run_build
+from sa2va_shards.build import run_build
 from sa2va_shards.errors import BuildAborted
 from sa2va_shards.manifest import file_sha256
 from tests.helpers import make_config
@@ -47,7 +46,7 @@ def by_value():
 
 
 def _real(plan, cfg, *, build_dir):
-    from sa2va_shards.shard import process_shard
+    from sa2va_shards.build.shard import process_shard
 
     return process_shard(plan, cfg, build_dir=build_dir)
 
@@ -67,22 +66,21 @@ def _random_delay(plan, cfg, *, build_dir):
 
 
 def test_killed_worker_is_retried_and_output_is_identical(reference, ray_local, by_value,
-                                                          tmp_path, monkeypatch):
+                                                          tmp_path):
     cfg, expected = reference
-    monkeypatch.setattr(build_mod, "process_shard", _die_once)
-    result = run_build(dataclasses.replace(cfg, out=str(tmp_path)), progress=False)
+    result = run_build(dataclasses.replace(cfg, out=str(tmp_path)), progress=False,
+                       shard_fn=_die_once)
     assert (result.build_dir / "killed-test-000002.tar").exists()  # the kill happened
     assert _hashes(result.build_dir) == expected
 
 
 @pytest.mark.parametrize("cpus_per_task", [2.0, 1.0, 0.5])  # 1, 2 and 4 concurrent workers
 def test_worker_count_and_finish_order_do_not_change_a_byte(reference, ray_local, by_value,
-                                                            tmp_path, monkeypatch,
+                                                            tmp_path,
                                                             cpus_per_task):
     cfg, expected = reference
-    monkeypatch.setattr(build_mod, "process_shard", _random_delay)
     result = run_build(dataclasses.replace(cfg, out=str(tmp_path)), progress=False,
-                       cpus_per_task=cpus_per_task)
+                       cpus_per_task=cpus_per_task, shard_fn=_random_delay)
     assert _hashes(result.build_dir) == expected
 
 

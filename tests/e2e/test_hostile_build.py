@@ -17,13 +17,13 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-import pipeline.build as build_mod
-from pipeline.build import run_build
+import sa2va_shards.build.run as build_mod
+from sa2va_shards.build.run import run_build
 from sa2va_shards.cli import main
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.loader import LoaderConfig, ShardDataset
+from sa2va_shards.loader.stream import CorruptDataError, TarStream
 from sa2va_shards.manifest import file_sha256
-from sa2va_shards.tar_stream import CorruptDataError, TarStream
 from sa2va_shards.verify import verify_build
 from sa2va_shards.versions import read_latest
 from tests.helpers import make_config

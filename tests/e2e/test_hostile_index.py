@@ -13,7 +13,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from pipeline.build import run_build
+from sa2va_shards.build.run import run_build
 from sa2va_shards.readers.coco import CocoReader
 from sa2va_shards.verify import verify_build
 from tests.helpers import make_config

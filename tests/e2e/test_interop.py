@@ -7,7 +7,7 @@ import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
 
-from pipeline.build import run_build
+from sa2va_shards.build.run import run_build
 from tests.helpers import make_config
 
 FIELDS = {"jpg", "json", "gt_masks.json", "masks_1024.json", "prompt_masks.npy", "k.npy"}

@@ -10,7 +10,7 @@ import tarfile
 import fsspec
 import pytest
 
-from pipeline.build import run_build
+from sa2va_shards.build.run import run_build
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader
 from tests.helpers import make_config

@@ -8,7 +8,7 @@ from functools import cache
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
 
-from sa2va_shards.encode import add_special_tokens
+from sa2va_shards.loader.encode import add_special_tokens
 
 #: template markers of phi3 / qwen / internlm2, registered as single tokens like the real ones.
 CHAT_TOKENS = ["<|user|>", "<|end|>", "<|assistant|>", "<|system|>", "<|im_start|>",

@@ -14,12 +14,12 @@ import pytest
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
+from sa2va_shards.build.plan import plan_shards
+from sa2va_shards.build.transform import transform_sample
 from sa2va_shards.errors import SampleError
-from sa2va_shards.plan import plan_shards
 from sa2va_shards.readers.coco import CocoReader
 from sa2va_shards.readers.osprey import OspreyReader
 from sa2va_shards.records import BAD_ITEM
-from sa2va_shards.transform import transform_sample
 from tests.helpers import make_config
 
 scalars = st.one_of(st.none(), st.booleans(), st.integers(-3, 10**13),

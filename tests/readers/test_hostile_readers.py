@@ -19,9 +19,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pipeline.build import run_build
+from sa2va_shards.build.plan import plan_shards
+from sa2va_shards.build.run import run_build
 from sa2va_shards.errors import Reason, SampleError
-from sa2va_shards.plan import plan_shards
 from sa2va_shards.readers.describe_anything import DescribeAnythingReader
 from sa2va_shards.readers.osprey import OspreyReader
 from sa2va_shards.readers.refcoco import RefCocoReader

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.build import run_build
+from sa2va_shards.build.run import run_build
 from sa2va_shards.config import ReaderConfig
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.readers import get_reader, synth_dataset

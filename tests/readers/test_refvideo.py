@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from PIL import Image
 from pycocotools import mask as mask_utils
 
-from pipeline.build import run_build
+from sa2va_shards.build.run import run_build
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader
 from sa2va_shards.readers import READERS, get_reader

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pipeline.build import run_build
+from sa2va_shards.build.run import run_build
 from sa2va_shards.readers import get_reader
 from sa2va_shards.readers.sav_png import PNG_FAULTS, break_png_layout
 from sa2va_shards.verify import verify_build

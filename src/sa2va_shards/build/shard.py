@@ -20,8 +20,8 @@ from sa2va_shards.manifest import save_progress
 from sa2va_shards.readers import get_reader
 from sa2va_shards.records import ItemRef, RejectRecord, SampleRecord, ShardPlan, ShardResult
 from sa2va_shards.schema import content_hash, encode_sample
-from sa2va_shards.transform import DroppedObject, transform_sample
-from sa2va_shards.writer import ShardWriter
+from sa2va_shards.build.transform import DroppedObject, transform_sample
+from sa2va_shards.build.writer import ShardWriter
 
 __all__ = ["process_shard"]
 

@@ -26,9 +26,9 @@ import torch
 from numpy.lib import format as npformat
 
 from sa2va_shards import ops
-from sa2va_shards.device import dynamic_grid, tile_count
 from sa2va_shards.errors import SampleError
-from sa2va_shards.prompts import image_prompt, regions_header
+from sa2va_shards.loader.batch import dynamic_grid, tile_count
+from sa2va_shards.loader.prompts import image_prompt, regions_header
 from sa2va_shards.schema import FRAME_MEMBER, TILE_MEMBERS
 
 __all__ = [

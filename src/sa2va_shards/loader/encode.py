@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sa2va_shards.prompts import IMG_CONTEXT
+from sa2va_shards.loader.prompts import IMG_CONTEXT
 
 __all__ = [
     "IGNORE_INDEX",
@@ -128,7 +128,7 @@ class Encoder:
         ids = self.tokenizer.encode(token, add_special_tokens=False)
         if len(ids) != 1:
             raise ValueError(f"{token!r} encodes to {len(ids)} ids {ids}: register the special "
-                             "tokens first (sa2va_shards.encode.add_special_tokens)")
+                             "tokens first (sa2va_shards.loader.encode.add_special_tokens)")
         return int(ids[0])
 
     @property

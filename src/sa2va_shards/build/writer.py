@@ -10,7 +10,7 @@ from types import TracebackType
 
 import webdataset as wds
 
-from sa2va_shards.provenance import code_id
+from sa2va_shards.build.provenance import code_id
 from sa2va_shards.records import ShardRecord
 
 __all__ = ["ShardWriter", "TAR_MTIME"]

@@ -32,9 +32,9 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from sa2va_shards.config import VisionConfig
-from sa2va_shards.device import collate, to_device
-from sa2va_shards.encode import IGNORE_INDEX, Encoder
-from sa2va_shards.samples import LoadError
+from sa2va_shards.loader.batch import collate, to_device
+from sa2va_shards.loader.decode import LoadError
+from sa2va_shards.loader.encode import IGNORE_INDEX, Encoder
 
 __all__ = ["MODEL_KEYS", "collate_sa2va", "encode_sample", "model_inputs"]
 

@@ -55,15 +55,9 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sa2va_shards.config import VisionConfig
-from sa2va_shards.device import collate, to_device
-from sa2va_shards.encode import EncodeError, Encoder
-from sa2va_shards.epoch import PlanSource, epoch_plan, from_ranges, source_counts, split, to_ranges
 from sa2va_shards.errors import SYSTEM_EXCEPTIONS, ConfigError
-from sa2va_shards.manifest import CARD
-from sa2va_shards.mixture import MixSource, Mixture, load_mixture
-from sa2va_shards.remote import ensure_local, is_remote, mirror
-from sa2va_shards.sa2va import collate_sa2va, encode_sample, model_inputs
-from sa2va_shards.samples import (
+from sa2va_shards.loader.batch import collate, to_device
+from sa2va_shards.loader.decode import (
     TASKS,
     LoadError,
     Wording,
@@ -71,8 +65,19 @@ from sa2va_shards.samples import (
     decode_sample,
     wanted_member,
 )
-from sa2va_shards.schema import SCHEMA_VERSION
-from sa2va_shards.tar_stream import (
+from sa2va_shards.loader.encode import EncodeError, Encoder
+from sa2va_shards.loader.epoch import (
+    PlanSource,
+    epoch_plan,
+    from_ranges,
+    source_counts,
+    split,
+    to_ranges,
+)
+from sa2va_shards.loader.mixture import MixSource, Mixture, load_mixture
+from sa2va_shards.loader.remote import ensure_local, is_remote, mirror
+from sa2va_shards.loader.sa2va import collate_sa2va, encode_sample, model_inputs
+from sa2va_shards.loader.stream import (
     CorruptDataError,
     CorruptDataWarning,
     TarStream,
@@ -81,6 +86,8 @@ from sa2va_shards.tar_stream import (
     shard_keys,
     shuffled,
 )
+from sa2va_shards.manifest import CARD
+from sa2va_shards.schema import SCHEMA_VERSION
 
 __all__ = [
     "CorruptDataError",

@@ -1,4 +1,8 @@
-"""A build: plan -> skip verified shards -> run the rest -> write tables -> dataset.json last."""
+"""The build's commit protocol, in one place: index -> version id -> plan -> skip shards a
+crashed run finished -> run the rest on a runner -> tables -> card (`dataset.json`) -> `latest`.
+
+The runner (in-process, Ray, or any `runners.Runner`) only runs `shard_fn` over the plans; it
+decides no bytes and commits nothing."""
 
 from __future__ import annotations
 
@@ -10,11 +14,15 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from collections.abc import Callable
 from pathlib import Path
 
-from pipeline.progress import BuildProgress
-from pipeline.runners import ray_session, run_ray, run_serial
 from sa2va_shards import __version__
+from sa2va_shards.build.plan import plan_shards
+from sa2va_shards.build.progress import BuildProgress
+from sa2va_shards.build.provenance import code_fingerprint, code_id, files_fingerprint
+from sa2va_shards.build.runners import Runner, make_runner, ray_available
+from sa2va_shards.build.shard import process_shard
 from sa2va_shards.config import BuildConfig
 from sa2va_shards.errors import BuildAborted, ConfigError
 from sa2va_shards.manifest import (
@@ -28,12 +36,9 @@ from sa2va_shards.manifest import (
     write_card,
     write_tables,
 )
-from sa2va_shards.plan import plan_shards
-from sa2va_shards.provenance import code_fingerprint, code_id, files_fingerprint
 from sa2va_shards.readers import get_reader
 from sa2va_shards.records import RejectRecord, ShardPlan, ShardResult
 from sa2va_shards.schema import SCHEMA_VERSION
-from sa2va_shards.shard import process_shard
 from sa2va_shards.versions import read_latest, set_latest
 
 __all__ = ["AUTO_SERIAL_MAX_INPUTS", "BuildResult", "run_build"]
@@ -129,32 +134,36 @@ def _apply_limit(items: list, limit: int | None) -> tuple[list, dict | None]:
     return items[:limit], {"limit": limit, "inputs_available": len(items)}
 
 
-def _pick_runner(runner: str, address: str | None, plans: list[ShardPlan]) -> str:
-    """'auto': Ray for a cluster or real work, in-process when Ray's start-up would dominate.
-    Only where shards run changes, never their bytes (serial == Ray, tested)."""
-    if runner not in ("auto", "ray", "serial"):
-        raise ConfigError(f"runner: {runner!r} is not one of auto, ray, serial")
-    if runner != "auto":
+def _pick_runner(runner: str | Runner, address: str | None, plans: list[ShardPlan],
+                 *, num_cpus: int | None = None, cpus_per_task: float = 1.0) -> Runner:
+    """A `Runner` as given, or by name. 'auto': Ray for a cluster or real work, in-process when
+    Ray's start-up would dominate (or Ray is not installed). Only where shards run changes,
+    never their bytes (serial == Ray, tested)."""
+    if not isinstance(runner, str):
         return runner
-    inputs = sum(len(p.items) for p in plans)
-    small = len(plans) <= 1 or inputs <= AUTO_SERIAL_MAX_INPUTS
-    choice = "serial" if address is None and small else "ray"
-    log.info("runner: %s (auto: %d inputs to build in %d shards; serial up to %d or one shard, "
-             "unless --address)", choice, inputs, len(plans), AUTO_SERIAL_MAX_INPUTS)
-    return choice
+    if runner == "auto":
+        inputs = sum(len(p.items) for p in plans)
+        small = len(plans) <= 1 or inputs <= AUTO_SERIAL_MAX_INPUTS
+        runner = "serial" if address is None and (small or not ray_available()) else "ray"
+        log.info("runner: %s (auto: %d inputs to build in %d shards; serial up to %d or one "
+                 "shard, unless --address)", runner, inputs, len(plans), AUTO_SERIAL_MAX_INPUTS)
+    return make_runner(runner, address=address, num_cpus=num_cpus, cpus_per_task=cpus_per_task)
 
 
-def run_build(cfg: BuildConfig, *, address: str | None = None, num_cpus: int | None = None,
-              runner: str = "ray", resume: bool = True, progress: bool = True,
+def run_build(cfg: BuildConfig, *, runner: str | Runner = "ray",
+              shard_fn: Callable[..., ShardResult] = process_shard, address: str | None = None,
+              num_cpus: int | None = None, resume: bool = True, progress: bool = True,
               cpus_per_task: float = 1.0, limit: int | None = None,
               log_json: str | Path | None = None) -> BuildResult:
     """Build (or resume, or reuse) the version of `cfg` under `<cfg.out>/<cfg.dataset>/`.
 
     Args:
+        runner: a `Runner`, or 'ray', 'serial' (same output, in-process) or 'auto' (serial for
+            small builds without `address`, see `AUTO_SERIAL_MAX_INPUTS`).
+        shard_fn: the shard job, `shard_fn(plan, cfg, build_dir=...) -> ShardResult`
+            (`process_shard`; tests pass one that fails on purpose).
         address: Ray cluster address; None starts (or reuses) a local Ray.
         num_cpus: CPUs for a local Ray.
-        runner: 'ray', 'serial' (same output, in-process) or 'auto' (serial for small builds
-            without `address`, see `AUTO_SERIAL_MAX_INPUTS`).
         resume: keep shards a previous run finished (verified by sha256).
         progress: show a progress bar labelled with the dataset.
         cpus_per_task: Ray CPUs per shard task (fewer: more concurrent tasks).
@@ -178,7 +187,7 @@ def run_build(cfg: BuildConfig, *, address: str | None = None, num_cpus: int | N
              len(items), t_index, len(plans), version,
              f" (partial: first {limit} of {partial['inputs_available']})" if partial else "")
     del items  # the plans hold what the tasks need
-    run = _Run(runner=runner, address=address, num_cpus=num_cpus, cpus_per_task=cpus_per_task,
+    run = _Run(runner=runner, shard_fn=shard_fn, address=address, num_cpus=num_cpus, cpus_per_task=cpus_per_task,
                resume=resume, progress=progress, log_json=log_json, partial=partial)
     try:
         with _build_lock(build_dir):
@@ -193,7 +202,8 @@ class _Run:
     """How this run goes (none of it changes a byte of the output, except `partial`, which
     changes the inputs and so the version)."""
 
-    runner: str
+    runner: str | Runner
+    shard_fn: Callable[..., ShardResult]
     address: str | None
     num_cpus: int | None
     cpus_per_task: float
@@ -204,15 +214,9 @@ class _Run:
 
 
 def _run_shards(cfg: BuildConfig, todo: list[ShardPlan], build_dir: Path, run: _Run,
-                runner: str, bar: BuildProgress) -> list[ShardResult]:
-    if runner == "ray":
-        shards = run_ray(process_shard, todo, cfg=cfg, build_dir=str(build_dir),
-                         address=run.address, num_cpus=run.num_cpus,
-                         cpus_per_task=run.cpus_per_task)
-    else:
-        shards = run_serial(process_shard, todo, cfg=cfg, build_dir=str(build_dir))
+                runner: Runner, bar: BuildProgress) -> list[ShardResult]:
     results = []
-    for result in shards:
+    for result in runner.map(run.shard_fn, todo, cfg=cfg, build_dir=str(build_dir)):
         bar.shard(result)
         results.append(result)
     return results
@@ -235,9 +239,10 @@ def _build_locked(cfg: BuildConfig, plans: list[ShardPlan], plan_rejects: list[R
         return _reuse(build_dir, version, run)
     done = {p.name: r for p in plans if run.resume and (r := load_progress(build_dir, p.name))}
     todo = [p for p in plans if p.name not in done]
-    runner = _pick_runner(run.runner, run.address, todo)
-    # Ray first: a wrong --address fails before anything is written
-    with ray_session(run.address, run.num_cpus) if runner == "ray" else contextlib.nullcontext():
+    runner = _pick_runner(run.runner, run.address, todo, num_cpus=run.num_cpus,
+                          cpus_per_task=run.cpus_per_task)
+    # the runner's session first: a wrong --address fails before anything is written
+    with runner.session():
         (build_dir / "shards").mkdir(parents=True, exist_ok=True)
         _clean_partial(build_dir)
         bar = BuildProgress(dataset=cfg.dataset, version=version, bar=run.progress,
@@ -245,13 +250,14 @@ def _build_locked(cfg: BuildConfig, plans: list[ShardPlan], plan_rejects: list[R
                             total_shards=len(plans), log_json=run.log_json)
         try:
             bar.start(list(done.values()), plan_rejects=len(plan_rejects),
-                      build_dir=str(build_dir), runner=runner, partial=run.partial)
+                      build_dir=str(build_dir), runner=runner.name,
+                      partial=run.partial)
             results = list(done.values()) + _run_shards(cfg, todo, build_dir, run, runner, bar)
             t_shards = time.perf_counter() - t0 - t_index
             built = _commit(cfg, results, plan_rejects, fingerprints, version, build_dir,
                             timings={"index_s": round(t_index, 3),
                                      "shards_s": round(t_shards, 3)},
-                            t0=t0, runner=runner, resumed=len(done), run=run)
+                            t0=t0, runner=runner.name, resumed=len(done), run=run)
             bar.end("built", counts=built.counts, timings=built.timings)
             return built
         except BaseException as e:
