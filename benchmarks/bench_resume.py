@@ -28,7 +28,7 @@ from sa2va_shards.loader.mixture import MixSource, Mixture
 from sa2va_shards.readers import synth_dataset
 
 #: the shuffle buffer is set to one shard's samples, the ratio of the defaults (256 : 256)
-CFG = LoaderConfig(gt_masks="1024", shuffle_buffer=64)
+CFG = LoaderConfig(gt_masks="image", shuffle_buffer=64)
 SHARD = 64
 
 

@@ -21,6 +21,7 @@ from sa2va_shards import ops
 from sa2va_shards.build.run import run_build
 from sa2va_shards.config import VisionConfig
 from sa2va_shards.errors import ConfigError
+from sa2va_shards.format import decode_npy, encode_npy, iter_samples
 from sa2va_shards.loader import (
     CorruptDataError,
     CorruptDataWarning,
@@ -37,7 +38,6 @@ from sa2va_shards.loader.batch import (
     tile_count,
     to_device,
 )
-from sa2va_shards.schema import decode_npy, encode_npy
 from tests.helpers import make_config
 from tests.helpers.shards import resign_shard
 
@@ -239,9 +239,7 @@ def test_k_zero_objects_dropped_for_captioning_only(build):
 def test_stored_members_round_trip(build):
     cfg = LoaderConfig(gt_masks="both", k_zero="keep", shuffle=False)
     s = next(iter(ShardDataset(build, cfg)))
-    with tarfile.open(s["__url__"]) as tar:
-        m = {n.name.split(".", 1)[1]: tar.extractfile(n).read() for n in tar
-             if n.name.startswith(s["__key__"] + ".")}
+    m = dict(iter_samples(s["__url__"]))[s["__key__"]]
     image = ops.decode_image(m["jpg"], max_pixels=1 << 26)
     assert torch.equal(s["image"][0], torch.from_numpy(image))
     assert torch.equal(s["prompt_masks"], torch.from_numpy(decode_npy(m["prompt_masks.npy"])))
@@ -249,12 +247,12 @@ def test_stored_members_round_trip(build):
     h, w = s["meta"]["height"], s["meta"]["width"]
     full = ops.rle_decode([_rle(r) for r in json.loads(m["gt_masks.json"])], height=h, width=w)
     assert torch.equal(batch["gt_masks"][0], torch.from_numpy(full.astype(bool)))
-    m1024 = ops.rle_decode([_rle(r) for r in json.loads(m["masks_1024.json"])], height=1024,
+    m1024 = ops.rle_decode([_rle(r) for r in json.loads(m["masks.json"])], height=1024,
                            width=1024)
-    assert torch.equal(batch["gt_masks_1024"][0], torch.from_numpy(m1024.astype(bool)))
+    assert torch.equal(batch["image_masks"][0], torch.from_numpy(m1024.astype(bool)))
     dense = next(iter(ShardDataset(build, LoaderConfig(gt_format="dense", k_zero="keep",
                                                        shuffle=False))))
-    assert torch.equal(dense["gt_masks_1024"], torch.from_numpy(m1024))
+    assert torch.equal(dense["image_masks"], torch.from_numpy(m1024))
 
 
 def _rle(r: dict) -> dict:
@@ -262,12 +260,12 @@ def _rle(r: dict) -> dict:
 
 
 def test_max_objects_is_seeded_and_consistent(build):
-    cfg = LoaderConfig(max_objects=1, k_zero="keep", gt_masks="1024")
+    cfg = LoaderConfig(max_objects=1, k_zero="keep", gt_masks="image")
     run = [(s["__key__"], s["object_index"]) for s in ShardDataset(build, cfg)]
     assert run == [(s["__key__"], s["object_index"]) for s in ShardDataset(build, cfg)]
     for s in ShardDataset(build, cfg):
         assert len(s["object_index"]) == 1
-        assert len(s["k"]) == len(s["prompt_masks"]) == len(s["gt_masks_1024"]) == 1
+        assert len(s["k"]) == len(s["prompt_masks"]) == len(s["image_masks"]) == 1
         assert s["objects"] == [s["meta"]["objects"][i] for (i,) in s["object_index"]]
     picks = []
     for epoch in range(4):
@@ -278,10 +276,10 @@ def test_max_objects_is_seeded_and_consistent(build):
 
 
 def test_caption_to_mask_turns_pair_one_seg_with_each_target(build):
-    for s in ShardDataset(build, LoaderConfig(task="caption_to_mask", gt_masks="1024")):
+    for s in ShardDataset(build, LoaderConfig(task="caption_to_mask", gt_masks="image")):
         turns = s["conversation"]
         assert s["task"] == "caption_to_mask"
-        assert len(turns) == len(s["gt_masks_1024"]) == len(s["texts"])
+        assert len(turns) == len(s["image_masks"]) == len(s["texts"])
         assert all(t["output"].count("[SEG]") == 1 for t in turns)
         assert "<vp>" not in turns[0]["input"] and turns[0]["input"].startswith("<img>")
         for t, text in zip(turns, s["texts"], strict=True):
@@ -508,6 +506,6 @@ def test_video_samples_stack_frames(build, tmp_path):
     batch = to_device(collate([s]), "cpu")
     assert batch["pixel_values"].shape == (2, 3, 448, 448)
     assert batch["frames_per_sample"].tolist() == [2] and batch["tiles"].shape[0] == 2
-    assert batch["gt_masks_1024"][0].shape == (2, n, 1024, 1024)
+    assert batch["image_masks"][0].shape == (2, n, 1024, 1024)
     h, w = s["meta"]["height"], s["meta"]["width"]
     assert batch["gt_masks"][0].shape == (2, n, h, w)

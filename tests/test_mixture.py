@@ -18,7 +18,7 @@ from sa2va_shards.loader.mixture import MixSource, Mixture, load_mixture
 from tests.helpers import make_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-CFG = LoaderConfig(gt_masks="1024", shuffle_buffer=4)
+CFG = LoaderConfig(gt_masks="image", shuffle_buffer=4)
 
 
 @pytest.fixture(scope="module")

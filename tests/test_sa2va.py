@@ -5,9 +5,7 @@ template rules; Osprey dialogues; referring targets; a CPU training smoke test."
 from __future__ import annotations
 
 import copy
-import json
 import re
-import tarfile
 import warnings
 from dataclasses import replace
 
@@ -22,6 +20,7 @@ from pipeline.demo import DEMO_SETS
 from sa2va_shards.build.run import run_build
 from sa2va_shards.config import VisionConfig, parse_config
 from sa2va_shards.errors import ConfigError
+from sa2va_shards.format import GT_MASKS, decode_json, iter_samples
 from sa2va_shards.loader import CorruptDataWarning, LoaderConfig, ShardDataset, ShardLoader
 from sa2va_shards.loader.decode import (
     Wording,
@@ -164,7 +163,7 @@ def test_video_masks_are_object_major_and_match_the_light_batch(builds, encoder)
 
 
 def test_video_frames_are_drawn_per_step_from_the_whole_clip(builds):
-    cfg = LoaderConfig(task="caption_to_mask", gt_masks="1024")
+    cfg = LoaderConfig(task="caption_to_mask", gt_masks="image")
     picks = set()
     for epoch in range(6):
         ds = ShardDataset(builds["sav"], cfg)
@@ -232,8 +231,8 @@ def test_osprey_build_serves_every_sample_with_all_regions(builds, encoder):
 
 
 def _stored_gt(s) -> list[np.ndarray]:
-    with tarfile.open(s["__url__"]) as tar:
-        rles = json.loads(tar.extractfile(f"{s['__key__']}.gt_masks.json").read())
+    members = dict(iter_samples(s["__url__"], names=(GT_MASKS,)))[s["__key__"]]
+    rles = decode_json(members[GT_MASKS])
     return [mask_utils.decode({"size": r["size"], "counts": r["counts"].encode()}) for r in rles]
 
 
@@ -354,7 +353,7 @@ def test_special_tokens_must_be_single_ids():
 
 def test_encoder_requires_full_resolution_masks(builds, encoder):
     with pytest.raises(ConfigError, match="gt_masks='full'"):
-        ShardDataset(builds["coco"], LoaderConfig(gt_masks="1024"), encoder=encoder)
+        ShardDataset(builds["coco"], LoaderConfig(gt_masks="image"), encoder=encoder)
 
 
 # -- training smoke test --------------------------------------------------------------------

@@ -83,7 +83,7 @@ class TinyInternVL(nn.Module):
             pooled = torch.zeros(len(k), sel.shape[1]).index_add_(0, owner, sel) / k[:, None]
             labels = torch.tensor([_CATEGORIES.index(o["category"]) for o in batch["objects"][i]])
             losses.append(F.cross_entropy(self.cls(pooled), labels))
-            gt = F.interpolate(batch["gt_masks_1024"][i][None].float(), size=prompt.shape[-2:],
+            gt = F.interpolate(batch["image_masks"][i][None].float(), size=prompt.shape[-2:],
                                mode="nearest")[0]  # the 16x16 target: the prompt grid
             logits = self.mask(feats[i]).reshape(1, *prompt.shape[-2:]).expand_as(gt)
             losses.append(F.binary_cross_entropy_with_logits(logits, gt))
@@ -110,7 +110,7 @@ def test_pixel_shuffle_keeps_raster_token_order():
 
 def test_tiny_model_trains_on_shards(shards):
     torch.manual_seed(0)
-    cfg = LoaderConfig(max_objects=3, gt_masks="1024")
+    cfg = LoaderConfig(max_objects=3, gt_masks="image")
     model = TinyInternVL(cfg.vision)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     loader = ShardLoader(ShardDataset(shards, cfg), batch_size=2, num_workers=2, device="cpu")
@@ -133,7 +133,7 @@ def test_tiny_model_trains_on_shards(shards):
 
 
 def test_k_zero_regions_trigger_the_seed_warning(shards):
-    cfg = LoaderConfig(k_zero="keep", gt_masks="1024", shuffle=False)
+    cfg = LoaderConfig(k_zero="keep", gt_masks="image", shuffle=False)
     batch = next(b for b in ShardLoader(ShardDataset(shards, cfg), batch_size=8, num_workers=0,
                                         device="cpu"))
     assert any((k == 0).any() for k in batch["k"])

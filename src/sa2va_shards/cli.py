@@ -21,8 +21,8 @@ from typing import NoReturn
 from sa2va_shards import __version__
 from sa2va_shards.config import load_config
 from sa2va_shards.errors import BuildAborted, ConfigError
+from sa2va_shards.format import SCHEMA_VERSION
 from sa2va_shards.locate import OUT_ENV, resolve_build, resolve_dataset
-from sa2va_shards.schema import SCHEMA_VERSION
 
 __all__ = ["main"]
 

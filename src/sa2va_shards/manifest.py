@@ -21,6 +21,7 @@ import pyarrow.parquet as pq
 
 from sa2va_shards.config import BuildConfig
 from sa2va_shards.errors import ConfigError
+from sa2va_shards.format import SCHEMA_VERSION
 from sa2va_shards.records import (
     ItemRef,
     RejectRecord,
@@ -29,7 +30,6 @@ from sa2va_shards.records import (
     ShardResult,
 )
 from sa2va_shards.safe_io import is_regular, open_regular
-from sa2va_shards.schema import SCHEMA_VERSION
 
 __all__ = [
     "CARD",

@@ -12,6 +12,20 @@ from tqdm import tqdm
 
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError
+from sa2va_shards.format import (
+    GT_MASKS,
+    MASKS,
+    META,
+    PROMPT_MASKS,
+    THUMB,
+    TILE_MEMBERS,
+    K,
+    content_hash,
+    decode_json,
+    decode_npy,
+    image_members,
+    iter_samples,
+)
 from sa2va_shards.manifest import (
     CARD,
     LEGACY_SHARD_SCHEMA,
@@ -21,13 +35,6 @@ from sa2va_shards.manifest import (
     file_sha256,
     read_card,
     read_manifest,
-)
-from sa2va_shards.schema import (
-    FRAME_MEMBER,
-    TILE_MEMBERS,
-    content_hash,
-    decode_npy,
-    decode_sample_json,
 )
 
 __all__ = ["MANIFESTS", "VerifyReport", "verify_build"]
@@ -53,12 +60,11 @@ class VerifyReport:
 
 
 def _members(tar_path: Path) -> dict[str, dict[str, bytes]]:
-    samples: dict[str, dict[str, bytes]] = defaultdict(dict)
-    with tarfile.open(tar_path) as tar:
-        for m in tar:
-            key, _, suffix = m.name.partition(".")
-            samples[key][suffix] = tar.extractfile(m).read()
-    return samples
+    samples = list(iter_samples(tar_path))
+    members = dict(samples)
+    if len(members) != len(samples):
+        raise ValueError("a sample key appears twice")
+    return members
 
 
 def _check_row(key: str, members: dict[str, bytes], row: dict) -> list[str]:
@@ -67,8 +73,8 @@ def _check_row(key: str, members: dict[str, bytes], row: dict) -> list[str]:
     if content_hash(members) != row["sha256"]:
         return [f"{key}: samples.parquet sha256 differs from the sample's members"]
     try:
-        k = decode_npy(members["k.npy"])
-        meta = decode_sample_json(members["json"])
+        k = decode_npy(members[K])
+        meta = decode_json(members[META])
         ids = (meta["source_id"], meta["height"], meta["width"])
     except Exception as e:  # noqa: BLE001 - reported by _check_sample too
         return [f"{key}: k.npy or json does not decode: {type(e).__name__}"]
@@ -83,13 +89,12 @@ def _check_row(key: str, members: dict[str, bytes], row: dict) -> list[str]:
 
 def _check_sample(key: str, members: dict[str, bytes], grid: int, size: int) -> list[str]:
     try:
-        prompt = decode_npy(members["prompt_masks.npy"])
-        k = decode_npy(members["k.npy"])
-        meta = decode_sample_json(members["json"])
-        rles_1024 = decode_sample_json(members["masks_1024.json"])
-        gt = decode_sample_json(members["gt_masks.json"])
-        images = [v for name, v in sorted(members.items()) if name in ("jpg", "png")
-                  or FRAME_MEMBER.fullmatch(name)]
+        prompt = decode_npy(members[PROMPT_MASKS])
+        k = decode_npy(members[K])
+        meta = decode_json(members[META])
+        rles = decode_json(members[MASKS])
+        gt = decode_json(members[GT_MASKS])
+        images = [members[name] for name in image_members(members)]
         for data in images:
             ops.decode_image(data, max_pixels=size * size, name=key)
         for name in TILE_MEMBERS & set(members):  # full-detail tiles: their own geometry
@@ -97,14 +102,14 @@ def _check_sample(key: str, members: dict[str, bytes], grid: int, size: int) -> 
     except Exception as e:  # noqa: BLE001 - verify reports, it does not stop
         return [f"{key}: member does not decode: {type(e).__name__}: {e}"]
     if meta.get("kind") == "video":  # frames axis first: flatten (T, n) to T * n
-        rles_1024, gt = [r for f in rles_1024 for r in f], [r for f in gt for r in f]
+        rles, gt = [r for f in rles for r in f], [r for f in gt for r in f]
     n_obj = len(meta["objects"])
-    masks = ops.rle_decode(rles_1024, height=size, width=size)
+    masks = ops.rle_decode(rles, height=size, width=size)
     flat_prompt = prompt.reshape(-1, grid, grid)
     problems = []
     if not np.array_equal(ops.pool_masks(masks, grid=grid), flat_prompt) and not any(
             o.get("k_fallback") for o in meta["objects"]):
-        problems.append(f"{key}: prompt masks differ from those re-derived from masks_1024")
+        problems.append(f"{key}: prompt masks differ from those re-derived from the stored masks")
     if not np.array_equal(ops.count_k(prompt), k):
         problems.append(f"{key}: K {k.tolist()} != prompt-mask sums {ops.count_k(prompt).tolist()}")
     if not (len(gt) == len(masks) == flat_prompt.shape[0] == k.size
@@ -118,7 +123,7 @@ def _check_tiles(name: str, data: bytes, meta: dict) -> None:
     a = ops.decode_image(data, max_pixels=1 << 28, name=name)
     cols, rows = (meta.get("tiles") or {}).get("grid") or (1, 1)
     h, w = a.shape[:2]
-    ok = h == w if name == "thumb.jpg" else (h % rows == 0 and h // rows * cols == w)
+    ok = h == w if name == THUMB else (h % rows == 0 and h // rows * cols == w)
     if not ok:
         raise ValueError(f"{name} is {w}x{h}, not the recorded {cols}x{rows} tile grid")
 
@@ -164,7 +169,7 @@ def _check_shard(build_dir: Path, rec: dict, rows: dict[str, dict], deep: bool, 
             report.problems.append(f"{rec['file']}: sha256 mismatch (file changed or corrupt)")
             return
         members = _members(path)
-    except (OSError, tarfile.TarError) as e:  # missing, a FIFO, unreadable
+    except (OSError, tarfile.TarError, ValueError) as e:  # missing, a FIFO, unreadable, dup
         report.problems.append(f"{rec['file']}: {type(e).__name__}: {e}")
         return
     report.samples += len(members)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import difflib
-import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -11,8 +10,19 @@ from PIL import Image, ImageDraw, ImageFont
 
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError
+from sa2va_shards.format import (
+    GT_MASKS,
+    IMAGE,
+    MASKS,
+    META,
+    PROMPT_MASKS,
+    K,
+    decode_json,
+    decode_npy,
+    image_members,
+    iter_samples,
+)
 from sa2va_shards.manifest import read_manifest
-from sa2va_shards.schema import decode_npy, decode_sample_json
 
 __all__ = ["load_sample", "render_overlay", "render_stats"]
 
@@ -40,14 +50,8 @@ def load_sample(build_dir: str | Path, key: str | None = None) -> dict[str, byte
         close = difflib.get_close_matches(key, keys, n=3) or keys[:3]
         raise ConfigError(f"{build_dir}: no sample with key {key!r}; e.g. {', '.join(close)} "
                           "(every key: the `key` column of samples.parquet)")
-    members = {}
-    with tarfile.open(build_dir / "shards" / row["shard"]) as tar:
-        for m in tar:
-            k, _, suffix = m.name.partition(".")
-            if k == key:
-                members[suffix] = tar.extractfile(m).read()
-    members["__key__"] = key.encode()
-    return members
+    members = next(m for k, m in iter_samples(build_dir / "shards" / row["shard"]) if k == key)
+    return {**members, "__key__": key.encode()}
 
 
 def _font(size: int) -> ImageFont.ImageFont:
@@ -135,11 +139,11 @@ def _render_video(m: dict[str, bytes], meta: dict, out: Path, side: int = 384,
                   max_frames: int = 4) -> Path:
     """A strip of frames: each the 1024 frame with its masks tinted and outlined and the
     object's grid cells boxed (the seed's frame/mask alignment check), K per object below."""
-    names = sorted(n for n in m if n.startswith("f") and n.endswith(".jpg"))
+    names = image_members(m)
     frames = [ops.decode_image(m[name], max_pixels=1 << 30) for name in names[:max_frames]]
     size = frames[0].shape[0]
-    rles = decode_sample_json(m["masks_1024.json"])
-    prompt, k = decode_npy(m["prompt_masks.npy"]), decode_npy(m["k.npy"])
+    rles = decode_json(m[MASKS])
+    prompt, k = decode_npy(m[PROMPT_MASKS]), decode_npy(m[K])
     n_obj = prompt.shape[1]
     side = side // prompt.shape[-1] * prompt.shape[-1]  # whole grid cells
     font = _font(18)
@@ -172,15 +176,15 @@ def render_overlay(build_dir: str | Path, out: str | Path, *, key: str | None = 
     16x16 vision-token grid and each object's prompt cells outlined; below, K per region.
     For a video clip: a strip of frames, each with its masks and grid cells."""
     m = load_sample(build_dir, key)
-    meta = decode_sample_json(m["json"])
+    meta = decode_json(m[META])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     if meta.get("kind") == "video":
         return _render_video(m, meta, out)
-    image = ops.decode_image(m["jpg"], max_pixels=1 << 30)
+    image = ops.decode_image(m[IMAGE], max_pixels=1 << 30)
     size = image.shape[0]
-    masks = ops.rle_decode(decode_sample_json(m["masks_1024.json"]), height=size, width=size)
-    prompt, k = decode_npy(m["prompt_masks.npy"]), decode_npy(m["k.npy"])
+    masks = ops.rle_decode(decode_json(m[MASKS]), height=size, width=size)
+    prompt, k = decode_npy(m[PROMPT_MASKS]), decode_npy(m[K])
     left = _mask_panel(image, masks).resize((side, side), Image.Resampling.BILINEAR)
     _ring_small_objects(left, masks, k)
     right = _grid_panel(image, prompt, side)
@@ -209,15 +213,9 @@ def _areas_vs_k(build_dir: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
     """(object area as a fraction of its image, K) for up to `limit` samples, from the shards."""
     areas, ks, seen = [], [], 0
     for tar_path in sorted((build_dir / "shards").glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            members: dict[str, dict[str, bytes]] = {}
-            for m in tar:
-                key, _, suffix = m.name.partition(".")
-                if suffix in ("gt_masks.json", "k.npy"):
-                    members.setdefault(key, {})[suffix] = tar.extractfile(m).read()
-        for m in members.values():
-            rles = decode_sample_json(m["gt_masks.json"])
-            k = decode_npy(m["k.npy"])
+        for _, m in iter_samples(tar_path, names=(GT_MASKS, K)):
+            rles = decode_json(m[GT_MASKS])
+            k = decode_npy(m[K])
             if k.ndim != 1:  # video: areas per frame do not line up with one K
                 continue
             h, w = rles[0]["size"]

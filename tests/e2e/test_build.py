@@ -116,7 +116,7 @@ def test_stored_1024_masks_and_gt_masks_match_torch_and_the_raw_annotation(seria
     raw_masks = _raw_masks(raw)
     key, m = next(iter(_read_shards(result.build_dir).items()))
     meta = json.loads(m["json"])
-    m1024 = mask_utils.decode(json.loads(m["masks_1024.json"]))
+    m1024 = mask_utils.decode(json.loads(m["masks.json"]))
     gt = mask_utils.decode(json.loads(m["gt_masks.json"]))
     by_id = dict(raw_masks[key])
     for i, obj in enumerate(meta["objects"]):

@@ -10,7 +10,7 @@ import webdataset as wds
 from sa2va_shards.build.run import run_build
 from tests.helpers import make_config
 
-FIELDS = {"jpg", "json", "gt_masks.json", "masks_1024.json", "prompt_masks.npy", "k.npy"}
+FIELDS = {"jpg", "json", "gt_masks.json", "masks.json", "prompt_masks.npy", "k.npy"}
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +31,8 @@ def test_stock_webdataset_with_default_decoders_reads_every_documented_field(bui
         n = len(s["json"]["objects"])
         assert s["prompt_masks.npy"].shape == (n, 16, 16) and s["prompt_masks.npy"].dtype == bool
         np.testing.assert_array_equal(s["k.npy"], s["prompt_masks.npy"].reshape(n, -1).sum(1))
-        assert len(s["gt_masks.json"]) == len(s["masks_1024.json"]) == n
-        assert s["masks_1024.json"][0]["size"] == [1024, 1024]
+        assert len(s["gt_masks.json"]) == len(s["masks.json"]) == n
+        assert s["masks.json"][0]["size"] == [1024, 1024]
         assert s["gt_masks.json"][0]["size"] == [s["json"]["height"], s["json"]["width"]]
 
 

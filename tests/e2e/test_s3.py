@@ -64,7 +64,7 @@ def _keys(source, cfg, workers=2):
 
 def test_the_loader_streams_a_build_from_the_store(uploaded, tmp_path):
     shard_bytes = max(p.stat().st_size for p in (uploaded / "shards").glob("*.tar"))
-    cfg = LoaderConfig(gt_masks="1024", cache_dir=str(tmp_path), cache_bytes=2 * shard_bytes)
+    cfg = LoaderConfig(gt_masks="image", cache_dir=str(tmp_path), cache_bytes=2 * shard_bytes)
     assert _keys("s3://bucket/out/ds", cfg) == _keys(uploaded, cfg)  # `latest` followed
     cached = list(tmp_path.glob("ds/*/shards/*.tar"))
     assert 0 < len(cached) <= 2 + 2  # the budget, plus what two workers held while reading
@@ -79,7 +79,7 @@ def test_a_changed_shard_on_the_store_is_refused(store, uploaded, tmp_path):
     data = bytearray(shard.read_bytes())
     data[member.offset_data + member.size // 2] ^= 0x10
     store.pipe(f"bucket/out/ds/{uploaded.name}/shards/{shard.name}", bytes(data))
-    cfg = LoaderConfig(gt_masks="1024", cache_dir=str(tmp_path))
+    cfg = LoaderConfig(gt_masks="image", cache_dir=str(tmp_path))
     ds = ShardDataset("s3://bucket/out/ds", cfg)
     with pytest.warns(UserWarning, match="sample_mismatch"):
         keys = [s["__key__"] for s in ds]
@@ -88,7 +88,7 @@ def test_a_changed_shard_on_the_store_is_refused(store, uploaded, tmp_path):
 
 
 def test_not_a_build_and_unknown_stores_are_one_line_errors(uploaded, tmp_path):
-    cfg = LoaderConfig(gt_masks="1024", cache_dir=str(tmp_path))
+    cfg = LoaderConfig(gt_masks="image", cache_dir=str(tmp_path))
     with pytest.raises(ConfigError, match="not a build or a dataset folder"):
         ShardDataset("s3://bucket/out/nothing", cfg)
     with pytest.raises(ConfigError, match="cannot open this store"):

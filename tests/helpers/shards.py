@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import io
 import json
-import tarfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,18 +16,15 @@ import torch
 import torch.nn.functional as F
 from pycocotools import mask as mask_utils
 
+from sa2va_shards.format import iter_samples
+
 GRID = 16
 
 
 def read_shards(build_dir: Path) -> dict[str, dict[str, bytes]]:
     """key -> {member suffix: bytes} over every shard of a build."""
-    samples: dict[str, dict[str, bytes]] = {}
-    for tar_path in sorted((Path(build_dir) / "shards").glob("*.tar")):
-        with tarfile.open(tar_path) as tar:
-            for m in tar:
-                key, _, suffix = m.name.partition(".")
-                samples.setdefault(key, {})[suffix] = tar.extractfile(m).read()
-    return samples
+    return {key: members for tar_path in sorted((Path(build_dir) / "shards").glob("*.tar"))
+            for key, members in iter_samples(tar_path)}
 
 
 def read_rejects(build_dir: Path) -> list[dict]:
@@ -111,16 +107,12 @@ def resign_shard(tar_path: Path) -> None:
 
     import pyarrow as pa
 
-    from sa2va_shards.schema import content_hash
+    from sa2va_shards.format import content_hash
 
     tar_path = Path(tar_path)
     build = tar_path.parent.parent
     data = tar_path.read_bytes()
-    members: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(tar_path) as tar:
-        for m in tar:
-            key, _, suffix = m.name.partition(".")
-            members.setdefault(key, {})[suffix] = tar.extractfile(m).read()
+    members = dict(iter_samples(tar_path))
 
     def update(name: str, edit: Callable[[dict], None]) -> None:
         path = build / name

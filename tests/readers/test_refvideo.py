@@ -128,7 +128,7 @@ def test_every_mask_equals_an_independent_decode_of_the_raw_files(built):
         assert meta["kind"] == "video" and meta["frame_names"] == names  # every frame stored
         prompt = np.load(io.BytesIO(m["prompt_masks.npy"]), allow_pickle=False)
         k = np.load(io.BytesIO(m["k.npy"]), allow_pickle=False)
-        gt, m1024 = json.loads(m["gt_masks.json"]), json.loads(m["masks_1024.json"])
+        gt, m1024 = json.loads(m["gt_masks.json"]), json.loads(m["masks.json"])
         h, w = meta["height"], meta["width"]
         for t, name in enumerate(meta["frame_names"]):
             for i, obj in enumerate(meta["objects"]):
@@ -156,7 +156,7 @@ def test_frames_and_masks_are_aligned(built):
     colours = np.array([(230, 40, 40), (40, 200, 60)], float)
     for m in read_shards(build.build_dir).values():
         meta = json.loads(m["json"])
-        rles = json.loads(m["masks_1024.json"])
+        rles = json.loads(m["masks.json"])
         single = [i for i, o in enumerate(meta["objects"]) if len(o["mask_ids"]) == 1]
         for t in range(meta["frames"]):
             frame = np.asarray(Image.open(io.BytesIO(m[f"f{t:04d}.jpg"]))).astype(float)
@@ -178,7 +178,7 @@ def test_max_frames_spreads_frames_over_the_clip(synth, tmp_path):
 
 def test_loader_serves_the_expressions_as_referring_targets(built):
     fmt, _, build = built
-    ds = ShardDataset(build.build_dir, LoaderConfig(task="caption_to_mask", gt_masks="1024",
+    ds = ShardDataset(build.build_dir, LoaderConfig(task="caption_to_mask", gt_masks="image",
                                                     shuffle=False))
     batches = list(ShardLoader(ds, batch_size=3, num_workers=0))
     assert sum(b["batch_size"] for b in batches) == 3

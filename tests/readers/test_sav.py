@@ -102,7 +102,7 @@ def test_frames_and_masks_are_aligned(layout, mp4_build, frames_build):
     colours = np.array([(230, 40, 40), (40, 200, 60)], float)
     checked = 0
     for m in read_shards(build.build_dir).values():
-        rles = json.loads(m["masks_1024.json"])
+        rles = json.loads(m["masks.json"])
         for t in range(len(rles)):  # the fault clips are shorter
             frame = np.asarray(Image.open(io.BytesIO(m[f"f{t:04d}.jpg"]))).astype(float)
             for i, colour in enumerate(colours):
@@ -118,7 +118,7 @@ def test_frames_layout_gives_the_same_samples_as_mp4(mp4_build, frames_build):
     # the mp4 faults do not apply to extracted frames (ffmpeg applied the rotations)
     assert set(b) - set(a) == {"sav_900000", "sav_900002", "sav_900003", "sav_900004"}
     for key in a:
-        for member in ("prompt_masks.npy", "k.npy", "masks_1024.json", "gt_masks.json"):
+        for member in ("prompt_masks.npy", "k.npy", "masks.json", "gt_masks.json"):
             assert a[key][member] == b[key][member]
         for t in range(5):  # same frames up to the codecs (each frame has its own background)
             fa, fb = (np.asarray(Image.open(io.BytesIO(s[key][f"f{t:04d}.jpg"])), float)

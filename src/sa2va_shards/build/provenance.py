@@ -29,7 +29,7 @@ __all__ = ["BYTE_MODULES", "code_fingerprint", "code_id", "files_fingerprint"]
 
 #: modules (relative to the package) whose source decides the bytes of a shard.
 BYTE_MODULES = ("ops", "readers", "build/transform.py", "build/writer.py", "build/shard.py",
-                "build/plan.py", "schema.py", "records.py", "config.py", "errors.py",
+                "build/plan.py", "format.py", "records.py", "config.py", "errors.py",
                 "safe_io.py")
 _LIBRARIES = ("pillow", "numpy", "torch", "pycocotools", "av")
 

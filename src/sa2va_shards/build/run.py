@@ -38,7 +38,7 @@ from sa2va_shards.manifest import (
 )
 from sa2va_shards.readers import get_reader
 from sa2va_shards.records import RejectRecord, ShardPlan, ShardResult
-from sa2va_shards.schema import SCHEMA_VERSION
+from sa2va_shards.format import SCHEMA_VERSION, preprocessing_block
 from sa2va_shards.versions import read_latest, set_latest
 
 __all__ = ["AUTO_SERIAL_MAX_INPUTS", "BuildResult", "run_build"]
@@ -314,16 +314,7 @@ def _card(cfg: BuildConfig, version: str, fingerprints: tuple[str, str], counts:
         "config": cfg.to_dict(),
         "input_fingerprint": fingerprints[0],
         "files_fingerprint": fingerprints[1],
-        "preprocessing": {
-            "image_size": cfg.image.size,
-            "grid": cfg.vision.grid,
-            "tokens_per_image": cfg.vision.tokens_per_image,
-            "vision": {"image_size": cfg.vision.image_size, "patch_size": cfg.vision.patch_size,
-                       "downsample_ratio": cfg.vision.downsample_ratio},
-            "pooling": "torch_nearest_legacy",
-            "interpolation": cfg.image.interpolation,
-            "k_zero": cfg.masks.k_zero,
-        },
+        "preprocessing": preprocessing_block(cfg),
         "counts": counts,
         "build": {"runner": runner, "resumed_shards": resumed, "timings": timings,
                   "python": platform.python_version()},

@@ -1,8 +1,9 @@
 """One shard job: load -> transform -> encode -> write one tar. The unit of work, retry and resume.
 
-This is the one catch boundary for per-sample errors: a `SampleError` becomes a reject row with
-its reason; any other data-dependent exception becomes `unexpected_error` (too many in a row
-abort the shard: that is broken code, not bad data); system exceptions always propagate.
+Each input runs inside the `ErrorBoundary` (errors.py): a `SampleError` becomes a reject row
+with its reason, any other data-dependent exception `unexpected_error`; too many failures in a
+row abort the shard (`shards.max_consecutive_*`: a wrong setup or broken code, not bad data);
+system exceptions always propagate.
 """
 
 from __future__ import annotations
@@ -15,11 +16,11 @@ from pathlib import Path
 import numpy as np
 
 from sa2va_shards.config import BuildConfig
-from sa2va_shards.errors import SYSTEM_EXCEPTIONS, BuildAborted, Level, Reason, SampleError
+from sa2va_shards.errors import ErrorBoundary, Level, SampleError, Tolerance
 from sa2va_shards.manifest import save_progress
 from sa2va_shards.readers import get_reader
 from sa2va_shards.records import ItemRef, RejectRecord, SampleRecord, ShardPlan, ShardResult
-from sa2va_shards.schema import content_hash, encode_sample
+from sa2va_shards.format import content_hash, encode_sample
 from sa2va_shards.build.transform import DroppedObject, transform_sample
 from sa2va_shards.build.writer import ShardWriter
 
@@ -28,14 +29,9 @@ __all__ = ["process_shard"]
 log = logging.getLogger(__name__)
 
 
-def _reject(item: ItemRef, shard: str, err: SampleError | Exception) -> RejectRecord:
-    if isinstance(err, SampleError):
-        reason, stage, detail = err.reason.value, err.stage, err.detail
-    else:
-        reason, stage = Reason.UNEXPECTED.value, "unknown"
-        detail = f"{type(err).__name__}: {err}"
+def _reject(item: ItemRef, shard: str, err: SampleError) -> RejectRecord:
     return RejectRecord(source_id=item.source_id, level=Level.SAMPLE.value, object_id="",
-                        stage=stage, reason=reason, detail=detail, shard=shard)
+                        stage=err.stage, reason=err.code, detail=err.detail, shard=shard)
 
 
 def _object_rejects(item: ItemRef, shard: str, dropped: list[DroppedObject]) -> list[RejectRecord]:
@@ -54,15 +50,10 @@ def _sample_record(shard: str, item: ItemRef, sample, members: dict[str, bytes])
                         frames=k_all.shape[0] if k_all.ndim == 2 else 1)
 
 
-def _check_failure_runs(failed_run: int, unexpected_run: int, plan: ShardPlan, item: ItemRef,
-                        err: Exception, cfg: BuildConfig) -> None:
-    last = f"last: {item.source_id}: {err}"
-    if unexpected_run >= cfg.shards.max_consecutive_unexpected:
-        raise BuildAborted(f"{unexpected_run} consecutive unexpected errors in {plan.name} "
-                           f"(a bug, not bad data); {last}") from err
-    if failed_run >= cfg.shards.max_consecutive_failures:
-        raise BuildAborted(f"{failed_run} consecutive samples failed in {plan.name}: check "
-                           f"reader.root and the reader options; {last}") from err
+def _boundary(plan: ShardPlan, cfg: BuildConfig) -> ErrorBoundary:
+    return ErrorBoundary(plan.name, Tolerance(cfg.shards.max_consecutive_failures,
+                                              cfg.shards.max_consecutive_unexpected),
+                         hint="check reader.root and the reader options")
 
 
 def process_shard(plan: ShardPlan, cfg: BuildConfig, *, build_dir: str) -> ShardResult:
@@ -79,24 +70,19 @@ def process_shard(plan: ShardPlan, cfg: BuildConfig, *, build_dir: str) -> Shard
     start = time.perf_counter()
     reader = get_reader(cfg.reader, max_pixels=cfg.image.max_pixels)
     samples, rejects = [], []
-    failed_run = unexpected_run = 0  # consecutive failures: any reason / unexpected errors
+    boundary = _boundary(plan, cfg)
     with ShardWriter(Path(build_dir) / "shards" / plan.name) as writer:
         for item in plan.items:
-            try:
+            with boundary.item(item.source_id) as outcome:
                 sample, dropped = transform_sample(reader.load(item), cfg)
                 members = encode_sample(sample)
                 writer.write(sample.key, members)
-            except SYSTEM_EXCEPTIONS:
-                raise
-            except Exception as e:  # noqa: BLE001 - the per-sample boundary, see module doc
-                rejects.append(_reject(item, plan.name, e))
-                failed_run += 1
-                unexpected_run = 0 if isinstance(e, SampleError) else unexpected_run + 1
-                if unexpected_run:
-                    log.warning("unexpected error on %s in %s: %r", item.source_id, plan.name, e)
-                _check_failure_runs(failed_run, unexpected_run, plan, item, e, cfg)
+            if outcome.error is not None:
+                rejects.append(_reject(item, plan.name, outcome.error))
+                if boundary.unexpected_run:
+                    log.warning("unexpected error on %s in %s: %s", item.source_id, plan.name,
+                                outcome.error.detail)
                 continue
-            failed_run = unexpected_run = 0
             samples.append(_sample_record(plan.name, item, sample, members))
             rejects.extend(_object_rejects(item, plan.name, dropped))
     result = ShardResult(

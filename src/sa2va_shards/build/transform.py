@@ -24,7 +24,7 @@ from sa2va_shards import ops
 from sa2va_shards.config import BuildConfig
 from sa2va_shards.errors import Reason, SampleError
 from sa2va_shards.records import RawClip, RawSample
-from sa2va_shards.schema import SCHEMA_VERSION, ProcessedSample, sample_key
+from sa2va_shards.format import SCHEMA_VERSION, THUMB, TILES, ProcessedSample, sample_key
 
 __all__ = ["DroppedObject", "sample_rles", "transform_sample"]
 
@@ -143,7 +143,7 @@ def _process(frames: np.ndarray, rles: list[dict], objects: tuple[dict, ...],
     idx = np.flatnonzero(keep)
     flat_idx = (np.arange(t)[:, None] * n + idx[None, :]).reshape(-1)
     kept = [rles[j] for j in flat_idx]
-    rles_1024 = (ops.resize_runs(m.runs, m.offsets, height=h, width=w, size=size)
+    rles = (ops.resize_runs(m.runs, m.offsets, height=h, width=w, size=size)
                  if len(kept) == len(rles) else ops.resize_rles(kept, height=h, width=w,
                                                                  size=size))
     images = ops.resize_image(frames, size=size, interpolation=cfg.image.interpolation,
@@ -152,7 +152,7 @@ def _process(frames: np.ndarray, rles: list[dict], objects: tuple[dict, ...],
     return {
         "jpegs": tuple(ops.encode_jpeg(f, quality=cfg.image.jpeg_quality) for f in images),
         "gt": [kept[i * len(idx):(i + 1) * len(idx)] for i in range(t)],
-        "m1024": [rles_1024[i * len(idx):(i + 1) * len(idx)] for i in range(t)],
+        "masks": [rles[i * len(idx):(i + 1) * len(idx)] for i in range(t)],
         "prompt": prompt[:, idx], "k": ops.count_k(prompt[:, idx]),
         "objects": [{**objects[i], "k_zero": bool(never[i] and not fallback[i]),
                      "k_fallback": bool(fallback[i])} for i in idx],
@@ -186,7 +186,7 @@ def transform_sample(raw: RawSample | RawClip,
     tile_jpegs = _tile_images(full, cfg, meta)
     return ProcessedSample(
         key=sample_key(raw.source_id), jpegs=out["jpegs"], gt_rles=out["gt"][0],
-        rles_1024=out["m1024"][0], prompt_masks=out["prompt"][0], k=out["k"][0],
+        rles=out["masks"][0], prompt_masks=out["prompt"][0], k=out["k"][0],
         meta=meta, tile_jpegs=tile_jpegs), dropped
 
 
@@ -199,12 +199,12 @@ def _tile_images(full: np.ndarray, cfg: BuildConfig, meta: dict) -> dict[str, by
     side, (h, w) = cfg.vision.image_size, full.shape[:2]
     grid = ops.dynamic_grid(w, h, max_num=cfg.image.tiles, image_size=side)
     opts = {"interpolation": "bicubic", "backend": cfg.image.resize_backend}
-    out = {"thumb.jpg": ops.encode_jpeg(ops.resize_image(full, size=side, **opts),
+    out = {THUMB: ops.encode_jpeg(ops.resize_image(full, size=side, **opts),
                                         quality=cfg.image.jpeg_quality)}
     meta["tiles"] = {"max": cfg.image.tiles, "grid": list(grid)}
     if grid[0] * grid[1] > 1:
         big = ops.resize_image(full, size=(grid[1] * side, grid[0] * side), **opts)
-        out["tiles.jpg"] = ops.encode_jpeg(big, quality=cfg.image.jpeg_quality)
+        out[TILES] = ops.encode_jpeg(big, quality=cfg.image.jpeg_quality)
     return out
 
 
@@ -218,5 +218,5 @@ def _transform_clip(raw: RawClip, cfg: BuildConfig) -> tuple[ProcessedSample, li
     meta = {**raw.meta, "frame_indices": list(raw.frame_indices), "frames": int(t)}
     return ProcessedSample(
         key=sample_key(raw.source_id), jpegs=out["jpegs"], gt_rles=out["gt"],
-        rles_1024=out["m1024"], prompt_masks=out["prompt"], k=out["k"],
+        rles=out["masks"], prompt_masks=out["prompt"], k=out["k"],
         meta=_meta("video", raw.source_id, meta, out, cfg)), dropped

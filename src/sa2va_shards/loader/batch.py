@@ -146,9 +146,9 @@ def _move(value: Any, device: torch.device, non_blocking: bool) -> Any:
 def _unpack_all(out: dict[str, Any]) -> None:
     if not out.get("gt_packed"):
         return
-    if "gt_masks_1024" in out:
+    if "image_masks" in out:
         side = out["g_pixel_values"].shape[-1]
-        out["gt_masks_1024"] = [unpack_masks(m, height=side) for m in out["gt_masks_1024"]]
+        out["image_masks"] = [unpack_masks(m, height=side) for m in out["image_masks"]]
     if "gt_masks" in out:
         heights = out["orig_size"][:, 0].tolist()
         out["gt_masks"] = [unpack_masks(m, height=int(h))
@@ -215,7 +215,7 @@ def _views(flat: torch.Tensor, shapes: list[tuple[int, ...]]) -> list[torch.Tens
     return [part.view(shape) for part, shape in zip(flat.split(sizes), shapes, strict=True)]
 
 
-_TENSOR_FIELDS = ("prompt_masks", "k", "gt_masks_1024", "gt_masks")
+_TENSOR_FIELDS = ("prompt_masks", "k", "image_masks", "gt_masks")
 _LIST_FIELDS = (*_TENSOR_FIELDS, "conversation", "task", "kind", "objects", "object_index",
                 "source", "texts", "meta")
 #: per-sample full-detail images (`image.tiles`), None where the build has none.
@@ -230,7 +230,7 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
 
     Keys: `g_pixel_values` (sum_T, 3, S, S) uint8 (channels_last strides),
     `frames_per_sample` (B,), `prompt_masks` [(n, G, G) bool], `k` [(n,) int64],
-    `gt_masks_1024` / `gt_masks` [packed uint8 or (n, H, W) uint8], `orig_size` (B, 2) (H, W),
+    `image_masks` / `gt_masks` [packed uint8 or (n, H, W) uint8], `orig_size` (B, 2) (H, W),
     `num_tiles` (B,), `tile_grid` (B, 2) (columns, rows) when tiling, `conversation`
     [[{input, output}]], `task`, `kind`, `objects`, `object_index`, `source`, `texts`,
     `meta`, `keys`, `urls`, `gt_packed`, `batch_size`, `__progress__` (B,) (each sample's

@@ -55,17 +55,17 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from sa2va_shards.config import VisionConfig
-from sa2va_shards.errors import SYSTEM_EXCEPTIONS, ConfigError
+from sa2va_shards.errors import ConfigError, CorruptDataError, ErrorBoundary, Tolerance
+from sa2va_shards.format import POOLING, SCHEMA_VERSION
 from sa2va_shards.loader.batch import collate, to_device
 from sa2va_shards.loader.decode import (
     TASKS,
-    LoadError,
     Wording,
     build_tasks,
     decode_sample,
     wanted_member,
 )
-from sa2va_shards.loader.encode import EncodeError, Encoder
+from sa2va_shards.loader.encode import Encoder
 from sa2va_shards.loader.epoch import (
     PlanSource,
     epoch_plan,
@@ -78,7 +78,6 @@ from sa2va_shards.loader.mixture import MixSource, Mixture, load_mixture
 from sa2va_shards.loader.remote import ensure_local, is_remote, mirror
 from sa2va_shards.loader.sa2va import collate_sa2va, encode_sample, model_inputs
 from sa2va_shards.loader.stream import (
-    CorruptDataError,
     CorruptDataWarning,
     TarStream,
     read_build,
@@ -87,7 +86,6 @@ from sa2va_shards.loader.stream import (
     shuffled,
 )
 from sa2va_shards.manifest import CARD
-from sa2va_shards.schema import SCHEMA_VERSION
 
 __all__ = [
     "CorruptDataError",
@@ -103,7 +101,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Task = Literal["mask_to_caption", "caption_to_mask", "mixed"]
-GtMasks = Literal["none", "1024", "full", "both"]
+GtMasks = Literal["none", "image", "full", "both"]
 _STATE_FORMAT = 2
 #: skip reasons that are a policy, not corruption (reported once per pass, never raised).
 QUIET_REASONS = frozenset({"no_usable_objects", "task_not_served", "too_long", "min_k"})
@@ -122,14 +120,14 @@ class LoaderConfig:
     #: side of the stored SAM2 image (g_pixel_values); must match the build.
     image_size: int = 1024
     #: prompt-mask pooling rule the build must have used.
-    pooling: str = "torch_nearest_legacy"
+    pooling: str = POOLING
     #: shard schema version the loader reads.
     schema_version: int = SCHEMA_VERSION
     #: mask -> caption (region captioning), caption -> mask (referring segmentation), or a
     #: seeded 50/50 choice per sample and epoch.
     task: Task = "mask_to_caption"
     #: GT masks to ship: none, the 1024 masks, full resolution, or both.
-    gt_masks: GtMasks = "1024"
+    gt_masks: GtMasks = "image"
     #: 'packed' bits (8x smaller between processes; `to_device` unpacks) or dense uint8.
     gt_format: Literal["packed", "dense"] = "packed"
     #: at most this many objects per sample per step (seeded), None for all.
@@ -161,6 +159,9 @@ class LoaderConfig:
     even_ranks: bool = True
     #: raise `CorruptDataError` on a bad shard or sample instead of skipping it.
     strict: bool = False
+    #: raise `CorruptDataError` after this many corrupt samples in a row in one worker (a
+    #: wrong build or geometry, not bad data); None: skip any number.
+    max_consecutive_errors: int | None = 1000
     #: check RLE strings (size, run totals) before pycocotools decodes them.
     validate_rle: bool = True
     #: question / answer templates of the conversations.
@@ -175,8 +176,10 @@ class LoaderConfig:
     def __post_init__(self) -> None:
         if self.task not in ("mask_to_caption", "caption_to_mask", "mixed"):
             raise ValueError(f"task {self.task!r}: mask_to_caption, caption_to_mask or mixed")
-        if self.gt_masks not in ("none", "1024", "full", "both"):
-            raise ValueError(f"gt_masks {self.gt_masks!r}: none, 1024, full or both")
+        if self.gt_masks == "1024":  # the name before schema 2, kept for old scripts
+            object.__setattr__(self, "gt_masks", "image")
+        if self.gt_masks not in ("none", "image", "full", "both"):
+            raise ValueError(f"gt_masks {self.gt_masks!r}: none, image, full or both")
         if self.gt_format not in ("packed", "dense") or self.k_zero not in ("keep", "drop"):
             raise ValueError(f"gt_format {self.gt_format!r} / k_zero {self.k_zero!r} invalid")
         if self.task != "mask_to_caption" and self.gt_masks == "none":
@@ -563,23 +566,13 @@ class ShardDataset(IterableDataset):
         key, url = str(raw.get("__key__")), str(raw.get("__url__"))
         src = self.sources[raw["__source__"]]
         rng = np.random.default_rng([self.cfg.seed, self.epoch, 2, raw["__position__"]])
-        try:
+        with self._boundary.item(f"{url} sample {key}") as outcome:  # skip, count, warn
             sample = decode_sample(raw, src.cfg, rng)
             if self.encoder is not None:
                 encode_sample(sample, self.encoder, self.cfg.vision)
-        except EncodeError as e:  # intact, but longer than max_length allows
-            self._count(e.reason, f"{url} sample {key}: {e.detail}", corrupt=False)
-            return None
-        except SYSTEM_EXCEPTIONS:
-            raise
-        except Exception as e:  # noqa: BLE001 - the per-sample boundary: skip, count, warn
-            known = isinstance(e, LoadError)
-            reason = e.reason if known else "unexpected_error"
-            detail = e.detail if known else f"{type(e).__name__}: {e}"
-            corrupt = e.corrupt if known else True
-            if self.cfg.strict and corrupt:
-                raise CorruptDataError(f"{reason}: {url} sample {key}: {detail}") from e
-            self._count(reason, f"{url} sample {key}: {detail}", corrupt)
+        if outcome.error is not None:
+            e = outcome.error
+            self._count(e.code, f"{url} sample {key}: {e.detail}", e.corrupt)
             return None
         sample.update({"__key__": key, "__url__": url, "source": src.name,
                        "gt_packed": self.cfg.gt_format == "packed"})
@@ -597,6 +590,10 @@ class ShardDataset(IterableDataset):
     def _samples(self, positions: np.ndarray, worker: int, *,
                  in_process: bool) -> Iterator[dict[str, Any]]:
         self._pending, done = [], []  # skips to report; positions skipped, for the state
+        self._boundary = ErrorBoundary(
+            f"worker {worker}", Tolerance(1) if self.cfg.strict else Tolerance(
+                self.cfg.max_consecutive_errors, self.cfg.max_consecutive_errors),
+            raises=CorruptDataError, hint="is this the build the LoaderConfig expects?")
         raw: Iterator[dict] = self._raw_stream(positions)
         if self.cfg.shuffle:
             rng = np.random.default_rng([self.cfg.seed, self.epoch, 1, int(positions[0])

@@ -27,22 +27,32 @@ from numpy.lib import format as npformat
 
 from sa2va_shards import ops
 from sa2va_shards.errors import SampleError
+from sa2va_shards.format import (
+    FRAME_MEMBER,
+    GT_MASKS,
+    IMAGE,
+    MASKS,
+    META,
+    PROMPT_MASKS,
+    THUMB,
+    TILE_MEMBERS,
+    TILES,
+    K,
+)
 from sa2va_shards.loader.batch import dynamic_grid, tile_count
 from sa2va_shards.loader.prompts import image_prompt, regions_header
-from sa2va_shards.schema import FRAME_MEMBER, TILE_MEMBERS
 
 __all__ = [
     "FRAME_MEMBER",
     "TASKS",
     "TEXT_FIELDS",
-    "LoadError",
     "build_tasks",
     "Wording",
     "decode_sample",
     "wanted_member",
 ]
 
-_BASE_MEMBERS = {"jpg", "png", "json", "prompt_masks.npy", "k.npy"}
+_BASE_MEMBERS = {IMAGE, "png", META, PROMPT_MASKS, K}
 #: what a sample can be served for: region captioning, referring segmentation.
 TASKS: tuple[str, ...] = ("mask_to_caption", "caption_to_mask")
 
@@ -95,33 +105,18 @@ class Wording:
             raise ValueError("every seg answer needs exactly one [SEG]")
 
 
-class LoadError(Exception):
-    """A shard sample that cannot be used; `reason` is the stats counter it is counted under.
-
-    `corrupt=False` marks a sample that is intact but has nothing to serve under the loader's
-    policy (e.g. every object has K = 0 and `k_zero='drop'`): counted, not warned about, and
-    never an error under `strict`.
-    """
-
-    def __init__(self, reason: str, detail: str, *, corrupt: bool = True) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
-        self.corrupt = corrupt
-
-
 def wanted_member(suffix: str, *, gt_masks: str) -> bool:
     """Whether a member suffix is read at all (unknown members are skipped unread)."""
     if suffix in _BASE_MEMBERS or suffix in TILE_MEMBERS or FRAME_MEMBER.fullmatch(suffix):
         return True
-    if suffix == "masks_1024.json":
-        return gt_masks in ("1024", "both")
-    return suffix == "gt_masks.json" and gt_masks in ("full", "both")
+    if suffix == MASKS:
+        return gt_masks in ("image", "both")
+    return suffix == GT_MASKS and gt_masks in ("full", "both")
 
 
 def _member(raw: dict[str, Any], name: str) -> bytes:
     if name not in raw:
-        raise LoadError("missing_member", f"no {name!r} member")
+        raise SampleError("missing_member", f"no {name!r} member")
     return raw[name]
 
 
@@ -129,7 +124,7 @@ def _json(raw: dict[str, Any], name: str) -> Any:
     try:
         return json.loads(_member(raw, name).decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise LoadError("bad_json", f"{name}: {e}") from e
+        raise SampleError("bad_json", f"{name}: {e}") from e
 
 
 def _npy(raw: dict[str, Any], name: str) -> np.ndarray:
@@ -144,10 +139,10 @@ def _npy(raw: dict[str, Any], name: str) -> np.ndarray:
                        else npformat.read_array_header_2_0)
         shape, fortran, dtype = read_header(buf)
     except (ValueError, OSError, EOFError, SyntaxError) as e:
-        raise LoadError("bad_npy", f"{name}: {type(e).__name__}: {e}") from e
+        raise SampleError("bad_npy", f"{name}: {type(e).__name__}: {e}") from e
     count = int(np.prod(shape, dtype=np.int64))
     if dtype.hasobject or count * dtype.itemsize != len(data) - buf.tell():
-        raise LoadError("bad_npy", f"{name}: dtype {dtype}, shape {shape} does not match "
+        raise SampleError("bad_npy", f"{name}: dtype {dtype}, shape {shape} does not match "
                                    f"{len(data) - buf.tell()} data bytes (object arrays refused)")
     a = np.frombuffer(data, dtype=dtype, count=count, offset=buf.tell())
     return a.reshape(shape, order="F" if fortran else "C")
@@ -156,33 +151,33 @@ def _npy(raw: dict[str, Any], name: str) -> np.ndarray:
 def _check_meta(meta: Any, cfg: Any) -> str:
     """The sample's own preprocessing stamp must match what the loader expects."""
     if not isinstance(meta, dict) or not isinstance(meta.get("objects"), list):
-        raise LoadError("bad_json", "json member is not a sample record with 'objects'")
+        raise SampleError("bad_json", "json member is not a sample record with 'objects'")
     want = {"schema": cfg.schema_version, "grid": cfg.vision.grid, "size": cfg.image_size}
     for field, value in want.items():
         if field in meta and meta[field] != value:
-            raise LoadError("preprocessing_mismatch", f"sample {field}={meta[field]!r}, "
+            raise SampleError("preprocessing_mismatch", f"sample {field}={meta[field]!r}, "
                                                       f"loader expects {value!r}")
     kind = meta.get("kind", "image")
     if kind not in ("image", "video"):
-        raise LoadError("bad_json", f"unknown sample kind {kind!r}")
+        raise SampleError("bad_json", f"unknown sample kind {kind!r}")
     return kind
 
 
 def _prompt_and_k(raw: dict[str, Any], meta: dict, kind: str, grid: int) -> tuple[np.ndarray,
                                                                                    np.ndarray]:
-    prompt, k = _npy(raw, "prompt_masks.npy"), _npy(raw, "k.npy")
+    prompt, k = _npy(raw, PROMPT_MASKS), _npy(raw, K)
     n = len(meta["objects"])
     lead = prompt.shape[:-2]
     ndim = 4 if kind == "video" else 3
     if prompt.dtype != bool or prompt.ndim != ndim or prompt.shape[-2:] != (grid, grid):
         lead_dims = "(T, n" if kind == "video" else "(n"
-        raise LoadError("inconsistent", f"prompt_masks {prompt.dtype} {prompt.shape}, expected "
+        raise SampleError("inconsistent", f"prompt_masks {prompt.dtype} {prompt.shape}, expected "
                                         f"bool {lead_dims}, {grid}, {grid})")
     if lead[-1] != n or k.shape != lead or k.dtype.kind not in "iu":
-        raise LoadError("inconsistent", f"{n} objects, prompt_masks {prompt.shape}, "
+        raise SampleError("inconsistent", f"{n} objects, prompt_masks {prompt.shape}, "
                                         f"k {k.dtype} {k.shape}")
     if not np.array_equal(k, prompt.sum(axis=(-2, -1))):
-        raise LoadError("inconsistent", "k differs from the prompt masks' set-cell counts")
+        raise SampleError("inconsistent", "k differs from the prompt masks' set-cell counts")
     return prompt, k.astype(np.int64)
 
 
@@ -277,19 +272,19 @@ def _decode_images(raw: dict[str, Any], kind: str, size: int, frames: np.ndarray
     if kind == "video":
         names = sorted(n for n in raw if FRAME_MEMBER.fullmatch(n))
         if len(names) != stored:
-            raise LoadError("inconsistent", f"{len(names)} frames but prompt masks for {stored}")
+            raise SampleError("inconsistent", f"{len(names)} frames but prompt masks for {stored}")
         names = [names[i] for i in frames]
     else:
-        names = ["jpg" if "jpg" in raw else "png"]
+        names = [IMAGE if IMAGE in raw else "png"]
     decoded = []
     for name in names:
         try:
             # the stored image must be S x S: anything larger is refused from its header
             a = ops.decode_image(_member(raw, name), max_pixels=size * size, name=name)
         except SampleError as e:
-            raise LoadError("corrupt_image", e.detail) from e
+            raise SampleError("corrupt_image", e.detail) from e
         if a.shape != (size, size, 3):
-            raise LoadError("inconsistent", f"{name} is {a.shape[1]}x{a.shape[0]}, "
+            raise SampleError("inconsistent", f"{name} is {a.shape[1]}x{a.shape[0]}, "
                                             f"expected {size}x{size}")
         decoded.append(a)
     with warnings.catch_warnings():  # Pillow's read-only buffer; collate copies it, never writes
@@ -304,16 +299,16 @@ def _decode_rles(rles: Any, groups: list[list[int]], n: int, h: int, w: int, *, 
     column-major planes pack without a copy) or dense (n_groups, H, W) uint8."""
     if not isinstance(rles, list) or len(rles) != n:
         got = len(rles) if isinstance(rles, list) else type(rles).__name__
-        raise LoadError("inconsistent", f"RLE list of {got} for {n} objects")
+        raise SampleError("inconsistent", f"RLE list of {got} for {n} objects")
     idx = sorted({i for g in groups for i in g})
     try:
         chosen = [ops.segmentation_to_rle(rles[i], h, w) if validate else
                   {"size": rles[i]["size"], "counts": rles[i]["counts"].encode()} for i in idx]
         masks = ops.rle_decode(chosen, height=h, width=w)  # (n_sel, H, W) column-major view
     except SampleError as e:
-        raise LoadError("bad_rle", e.detail) from e
+        raise SampleError("bad_rle", e.detail) from e
     except (KeyError, TypeError, AttributeError) as e:
-        raise LoadError("bad_rle", f"{type(e).__name__}: {e}") from e
+        raise SampleError("bad_rle", f"{type(e).__name__}: {e}") from e
     planes = np.packbits(masks.transpose(0, 2, 1), axis=-1) if packed else masks
     row = {i: r for r, i in enumerate(idx)}
     out = [planes[row[g[0]]] if len(g) == 1 else
@@ -327,7 +322,7 @@ def _gt_masks(raw: dict[str, Any], name: str, kind: str, groups: list[list[int]]
     opts = {"packed": cfg.gt_format == "packed", "validate": cfg.validate_rle}
     if kind == "video":
         if not isinstance(rles, list) or len(rles) != stored:
-            raise LoadError("inconsistent", f"{name}: expected a list over {stored} frames")
+            raise SampleError("inconsistent", f"{name}: expected a list over {stored} frames")
         return torch.from_numpy(np.stack([_decode_rles(rles[f], groups, n, h, w, **opts)
                                           for f in frames]))
     return torch.from_numpy(_decode_rles(rles, groups, n, h, w, **opts))
@@ -388,7 +383,7 @@ def is_dialogue(meta: dict) -> bool:
 
 def _strip_brackets(text: Any) -> str:
     if not isinstance(text, str):
-        raise LoadError("bad_dialogue", f"turn text is {type(text).__name__}, not a string")
+        raise SampleError("bad_dialogue", f"turn text is {type(text).__name__}, not a string")
     return text.replace("<", "").replace(">", "")
 
 
@@ -405,7 +400,7 @@ def _dialogue_messages(meta: dict, rng: np.random.Generator,
     messages = []
     for turn in meta["conversations"]:
         if not isinstance(turn, dict) or turn.get("from") not in ("human", "gpt"):
-            raise LoadError("bad_dialogue", f"turn {turn!r:.80} is not from human or gpt")
+            raise SampleError("bad_dialogue", f"turn {turn!r:.80} is not from human or gpt")
         value = turn["value"]
         if not wording.osprey_image_quirk and isinstance(value, str):
             value = re.sub(r"<image>\s*", "", value)
@@ -435,7 +430,7 @@ def dialogue_turns(meta: dict, ks: list[int], image: str, rng: np.random.Generat
             turns.append({"input": question, "output": text})
             question = ""
     if not turns:
-        raise LoadError("bad_dialogue", "no question/answer pair in the stored dialogue")
+        raise SampleError("bad_dialogue", "no question/answer pair in the stored dialogue")
     return turns
 
 
@@ -466,10 +461,10 @@ def _task(cfg: Any, meta: dict, rng: np.random.Generator) -> str:
     served = sample_tasks(meta)
     if cfg.task == "mixed":
         if not served:
-            raise LoadError("no_usable_objects", "no object has text", corrupt=False)
+            raise SampleError("no_usable_objects", "no object has text", corrupt=False)
         return served[int(rng.integers(len(served)))] if len(served) > 1 else served[0]
     if cfg.task not in served:
-        raise LoadError("task_not_served", f"the sample cannot serve {cfg.task}", corrupt=False)
+        raise SampleError("task_not_served", f"the sample cannot serve {cfg.task}", corrupt=False)
     return cfg.task
 
 
@@ -485,14 +480,14 @@ def _plan(meta: dict, kind: str, task: str, k_vp: np.ndarray, cfg: Any,
         units = _limit(referring_targets(objects, rng), cfg, rng)
     elif is_dialogue(meta):  # the stored dialogue names every region: all are prompted
         if len(k_vp) and int(k_vp.min()) < cfg.min_k:
-            raise LoadError("min_k", f"a region covers {int(k_vp.min())} grid cells, fewer than "
+            raise SampleError("min_k", f"a region covers {int(k_vp.min())} grid cells, fewer than "
                                      f"min_k={cfg.min_k}", corrupt=False)
         units = [("", [i]) for i in range(len(objects))]
     else:
         units = _limit(_caption_units(objects, k_vp, cfg, rng), cfg, rng)
     if not units:
         why = " and K > 0" if task == "mask_to_caption" and cfg.k_zero == "drop" else ""
-        raise LoadError("no_usable_objects", f"none of {len(objects)} objects has text{why}",
+        raise SampleError("no_usable_objects", f"none of {len(objects)} objects has text{why}",
                         corrupt=False)
     return units
 
@@ -513,9 +508,9 @@ def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator) -> di
         union of a category's instances, or one object).
 
     Raises:
-        LoadError: the sample is unusable; its `reason` names the stats counter.
+        SampleError: the sample is unusable; its `reason` names the stats counter.
     """
-    meta = _json(raw, "json")
+    meta = _json(raw, META)
     kind = _check_meta(meta, cfg)
     prompt, k = _prompt_and_k(raw, meta, kind, cfg.vision.grid)
     stored = prompt.shape[0] if kind == "video" else 1
@@ -545,27 +540,27 @@ def _add_stored_tiles(sample: dict, raw: dict, meta: dict, cfg: Any) -> None:
     """The build's full-detail tile image and thumbnail (`image.tiles`), when the loader's
     `max_tiles` gives the grid they were made for (else tiles come from the S x S image)."""
     stored = meta.get("tiles")
-    if "tile_grid" not in sample or not isinstance(stored, dict) or "thumb.jpg" not in raw:
+    if "tile_grid" not in sample or not isinstance(stored, dict) or THUMB not in raw:
         return
     if list(stored.get("grid") or ()) != list(sample["tile_grid"]):
         return  # built for another max_tiles
     side = cfg.vision.image_size
     cols, rows = sample["tile_grid"]
-    want = {"thumb.jpg": (side, side)}
+    want = {THUMB: (side, side)}
     if cols * rows > 1:
-        want["tiles.jpg"] = (rows * side, cols * side)
+        want[TILES] = (rows * side, cols * side)
     decoded = {}
     for name, (h, w) in want.items():
         try:
             a = ops.decode_image(_member(raw, name), max_pixels=h * w, name=name)
         except SampleError as e:
-            raise LoadError("corrupt_image", e.detail) from e
+            raise SampleError("corrupt_image", e.detail) from e
         if a.shape[:2] != (h, w):
-            raise LoadError("inconsistent", f"{name} is {a.shape[1]}x{a.shape[0]}, the grid "
+            raise SampleError("inconsistent", f"{name} is {a.shape[1]}x{a.shape[0]}, the grid "
                                             f"{cols}x{rows} needs {w}x{h}")
         decoded[name] = torch.from_numpy(np.ascontiguousarray(a))
-    sample["thumb"] = decoded["thumb.jpg"]
-    sample["tile_image"] = decoded.get("tiles.jpg")
+    sample["thumb"] = decoded[THUMB]
+    sample["tile_image"] = decoded.get(TILES)
 
 
 def _unit_record(objects: list[dict], members: list[int]) -> dict:
@@ -578,14 +573,14 @@ def _unit_record(objects: list[dict], members: list[int]) -> dict:
 def _add_gt(sample: dict, raw: dict, kind: str, groups: list[list[int]], meta: dict, cfg: Any,
             frames: np.ndarray, stored: int) -> None:
     size, n = cfg.image_size, len(meta["objects"])
-    if cfg.gt_masks in ("1024", "both"):
-        sample["gt_masks_1024"] = _gt_masks(raw, "masks_1024.json", kind, groups, n, size, size,
+    if cfg.gt_masks in ("image", "both"):
+        sample["image_masks"] = _gt_masks(raw, MASKS, kind, groups, n, size, size,
                                             cfg, frames, stored)
     if cfg.gt_masks in ("full", "both"):
         h, w = int(meta.get("height", 0)), int(meta.get("width", 0))
         if h < 1 or w < 1:
-            raise LoadError("bad_json", f"full-resolution masks need height/width, got {h}x{w}")
-        sample["gt_masks"] = _gt_masks(raw, "gt_masks.json", kind, groups, n, h, w, cfg, frames,
+            raise SampleError("bad_json", f"full-resolution masks need height/width, got {h}x{w}")
+        sample["gt_masks"] = _gt_masks(raw, GT_MASKS, kind, groups, n, h, w, cfg, frames,
                                        stored)
 
 

@@ -24,6 +24,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from sa2va_shards.errors import SampleError
 from sa2va_shards.loader.prompts import IMG_CONTEXT
 
 __all__ = [
@@ -74,13 +75,12 @@ TEMPLATES: dict[str, ChatTemplate] = {
 }
 
 
-class EncodeError(Exception):
-    """A conversation that cannot be encoded under the rules above; `reason` is a stats key."""
+class EncodeError(SampleError):
+    """A conversation that cannot be encoded under the rules above; `reason` is a stats key.
+    The sample is intact (`corrupt=False`): skipped and counted, never a `strict` error."""
 
     def __init__(self, reason: str, detail: str) -> None:
-        super().__init__(f"{reason}: {detail}")
-        self.reason = reason
-        self.detail = detail
+        super().__init__(reason, detail, stage="encode", corrupt=False)
 
 
 def add_special_tokens(tokenizer: Any) -> int:

@@ -32,8 +32,8 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from sa2va_shards.config import VisionConfig
+from sa2va_shards.errors import SampleError
 from sa2va_shards.loader.batch import collate, to_device
-from sa2va_shards.loader.decode import LoadError
 from sa2va_shards.loader.encode import IGNORE_INDEX, Encoder
 
 __all__ = ["MODEL_KEYS", "collate_sa2va", "encode_sample", "model_inputs"]
@@ -49,7 +49,7 @@ def encode_sample(sample: dict[str, Any], encoder: Encoder, vision: VisionConfig
 
     Raises:
         EncodeError: too long to keep whole (see `encode`).
-        LoadError: `token_count` when the text and the masks disagree (a bug or a bad shard).
+        SampleError: `token_count` when the text and the masks disagree (a bug or a bad shard).
     """
     input_ids, labels = encoder(sample["conversation"])
     ids = torch.tensor(input_ids, dtype=torch.long)
@@ -59,7 +59,7 @@ def encode_sample(sample: dict[str, Any], encoder: Encoder, vision: VisionConfig
     have = int((ids == encoder.img_context_id).sum())
     seg = int((ids == encoder.token_ids["[SEG]"]).sum())
     if have != want or seg != sample.get("seg", 0):
-        raise LoadError("token_count", f"{have} <IMG_CONTEXT> for {want} slots, {seg} [SEG] for "
+        raise SampleError("token_count", f"{have} <IMG_CONTEXT> for {want} slots, {seg} [SEG] for "
                                        f"{sample.get('seg', 0)} targets")
     sample["input_ids"], sample["labels"] = ids, torch.tensor(labels, dtype=torch.long)
 

@@ -17,10 +17,10 @@ import braceexpand
 import numpy as np
 from webdataset import gopen, tariterators
 
-from sa2va_shards.errors import SYSTEM_EXCEPTIONS, ConfigError
+from sa2va_shards.errors import SYSTEM_EXCEPTIONS, ConfigError, CorruptDataError
+from sa2va_shards.format import content_hash
 from sa2va_shards.manifest import CARD, file_sha256, read_card, read_manifest
 from sa2va_shards.safe_io import NotRegularFileError, open_regular
-from sa2va_shards.schema import content_hash
 from sa2va_shards.versions import read_latest
 
 __all__ = [
@@ -36,10 +36,6 @@ __all__ = [
 
 class CorruptDataWarning(UserWarning):
     """A shard or sample was skipped (counted in `ShardDataset.stats`)."""
-
-
-class CorruptDataError(RuntimeError):
-    """Raised instead of skipping when `LoaderConfig.strict` is set."""
 
 
 def _find_card(path: Path) -> Path | None:
