@@ -104,3 +104,14 @@ else:
     raise AssertionError('a Ray runner without Ray')
 """
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_paths_the_docs_name_exist():
+    """ARCHITECTURE.md, README.md and docs/ point only at files of this repository."""
+    import re
+
+    docs = [ROOT / "README.md", ROOT / "ARCHITECTURE.md", *sorted((ROOT / "docs").glob("*.md"))]
+    pattern = re.compile(r"`((?:src|pipeline|tests|benchmarks|configs|docs|docker)/[\w./-]+)`")
+    missing = [(d.name, p) for d in docs for p in pattern.findall(d.read_text())
+               if not (ROOT / p).exists()]
+    assert not missing, missing

@@ -1,6 +1,6 @@
 """Manifests and versions: parquet tables, the dataset card, fingerprints, progress sidecars.
 
-Layout of one build (DESIGN.md section 4):
+Layout of one build (README.md, "Layout of a build, and what a version is"):
     <out>/<dataset>/<version>/shards/*.tar, samples.parquet, shards.parquet, rejects.parquet,
     dataset.json (written last: its presence means the build is complete).
 """
@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sa2va_shards.atomic import atomic_path, atomic_write
 from sa2va_shards.config import BuildConfig
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.format import SCHEMA_VERSION
@@ -105,17 +105,11 @@ def version_id(cfg: BuildConfig, fingerprint: str, *, code: str, files: str) -> 
     return "v" + hashlib.sha256(_canonical(payload)).hexdigest()[:12]
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def save_progress(build_dir: Path, result: ShardResult) -> None:
     """Record a finished shard's result next to the build, for resume."""
     d = build_dir / PROGRESS_DIR
     d.mkdir(parents=True, exist_ok=True)
-    _atomic_write(d / f"{result.shard.file}.json", _canonical(dataclasses.asdict(result)))
+    atomic_write(d / f"{result.shard.file}.json", _canonical(dataclasses.asdict(result)))
 
 
 def load_progress(build_dir: Path, shard_file: str) -> ShardResult | None:
@@ -165,10 +159,9 @@ def write_tables(build_dir: Path, results: Sequence[ShardResult],
     }
     hashes = {}
     for name, table in tables.items():
-        tmp = build_dir / f"{name}.tmp"
-        pq.write_table(table, tmp)
-        hashes[name] = file_sha256(tmp)
-        os.replace(tmp, build_dir / name)
+        with atomic_path(build_dir / name) as tmp:
+            pq.write_table(table, tmp)
+            hashes[name] = file_sha256(tmp)
     return hashes
 
 
@@ -195,7 +188,7 @@ def count_summary(results: Sequence[ShardResult], plan_rejects: Sequence[RejectR
 
 def write_card(build_dir: Path, card: dict[str, Any]) -> None:
     """Write dataset.json last, atomically: the commit marker of a complete build."""
-    _atomic_write(build_dir / CARD, json.dumps(card, indent=2, sort_keys=True).encode())
+    atomic_write(build_dir / CARD, json.dumps(card, indent=2, sort_keys=True).encode())
 
 
 def read_card(build_dir: Path) -> dict[str, Any]:

@@ -6,12 +6,11 @@ and a `latest` file naming the newest complete one. Diffs compare manifests, nev
 
 from __future__ import annotations
 
-import os
-import uuid
 from collections import Counter
 from pathlib import Path
 from typing import Any
 
+from sa2va_shards.atomic import atomic_write
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.manifest import CARD, read_card, read_manifest
 from sa2va_shards.safe_io import open_regular
@@ -24,10 +23,8 @@ LATEST = "latest"
 
 def set_latest(dataset_dir: Path, version: str) -> None:
     """Point `latest` at `version` atomically (write a temp file, then rename)."""
-    # a name of its own: builds of two configs of one dataset may commit at the same time
-    tmp = dataset_dir / f".{LATEST}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    tmp.write_text(version + "\n")
-    os.replace(tmp, dataset_dir / LATEST)
+    # builds of two configs of one dataset may commit at the same time: each its own temp
+    atomic_write(dataset_dir / LATEST, (version + "\n").encode())
 
 
 def read_latest(dataset_dir: Path) -> str | None:

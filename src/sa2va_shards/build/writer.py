@@ -10,6 +10,7 @@ from types import TracebackType
 
 import webdataset as wds
 
+from sa2va_shards.atomic import replace_durably
 from sa2va_shards.build.provenance import code_id
 from sa2va_shards.records import ShardRecord
 
@@ -77,7 +78,7 @@ class ShardWriter:
         if exc_type is not None:
             self.tmp.unlink(missing_ok=True)
             return
-        os.replace(self.tmp, self.path)
+        replace_durably(self.tmp, self.path)
         self.record = ShardRecord(file=self.path.name, samples=len(self._keys),
                                   bytes=self._hashing.size, sha256=self._hashing.sha.hexdigest(),
                                   code=code_id())

@@ -1,8 +1,8 @@
 """One shard sample -> one training sample: safe member decode, object choice, task text.
 
 Runs in DataLoader workers. Workers return uint8 images and bit-packed masks, never float
-tensors: shipping big tensors between processes is the loader's bottleneck (reference/env.md),
-so the 448 resize, normalisation and mask unpacking happen in `device.to_device`.
+tensors: shipping big tensors between processes is the loader's bottleneck (docs/benchmarks.md),
+so the 448 resize, normalisation and mask unpacking happen in `batch.to_device`.
 
 Image samples (`json` "kind": "image", or no kind) hold `jpg`; video samples ("kind": "video")
 hold `f0000.jpg`, `f0001.jpg`, ... with prompt masks (T, n, G, G), K (T, n) and RLE lists over

@@ -18,10 +18,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
+from sa2va_shards.atomic import atomic_path, atomic_write
 from sa2va_shards.errors import ConfigError
 
 __all__ = ["REMOTE_MARKER", "ensure_local", "is_remote", "mirror"]
@@ -67,18 +67,11 @@ def mirror(url: str, cache_dir: str | Path) -> Path:
         (local / "shards").mkdir(parents=True, exist_ok=True)
         for name in _TABLES:
             if fs.exists(f"{root}/{name}"):
-                _atomic_bytes(local / name, fs.cat_file(f"{root}/{name}"))
+                atomic_write(local / name, fs.cat_file(f"{root}/{name}"))
     except OSError as e:
         raise ConfigError(f"{url}: cannot read the build: {type(e).__name__}: {e}") from e
-    _atomic_bytes(local / REMOTE_MARKER, json.dumps({"url": f"{protocol}://{root}"}).encode())
+    atomic_write(local / REMOTE_MARKER, json.dumps({"url": f"{protocol}://{root}"}).encode())
     return local
-
-
-def _atomic_bytes(path: Path, data: bytes) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data)
-    os.replace(tmp, path)
 
 
 def ensure_local(path: Path, budget: int) -> None:
@@ -92,13 +85,8 @@ def ensure_local(path: Path, budget: int) -> None:
         return
     remote = json.loads(marker.read_text())["url"]
     fs, root = _fs(remote)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    os.close(fd)
-    try:
-        fs.get_file(f"{root}/shards/{path.name}", tmp)
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    with atomic_path(path) as tmp:
+        fs.get_file(f"{root}/shards/{path.name}", str(tmp))
     _evict(path.parent.parent.parent.parent, budget, keep=path)
 
 
