@@ -64,6 +64,7 @@ from sa2va_shards.mixture import MixSource, Mixture, load_mixture
 from sa2va_shards.remote import ensure_local, is_remote, mirror
 from sa2va_shards.sa2va import collate_sa2va, encode_sample, model_inputs
 from sa2va_shards.samples import (
+    OTHER_TASKS,
     TASKS,
     LoadError,
     Wording,
@@ -95,7 +96,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Task = Literal["mask_to_caption", "caption_to_mask", "mixed"]
+Task = Literal["mask_to_caption", "caption_to_mask", "gcg", "mixed"]
 GtMasks = Literal["none", "1024", "full", "both"]
 _STATE_FORMAT = 2
 #: skip reasons that are a policy, not corruption (reported once per pass, never raised).
@@ -118,8 +119,9 @@ class LoaderConfig:
     pooling: str = "torch_nearest_legacy"
     #: shard schema version the loader reads.
     schema_version: int = SCHEMA_VERSION
-    #: mask -> caption (region captioning), caption -> mask (referring segmentation), or a
-    #: seeded 50/50 choice per sample and epoch.
+    #: mask -> caption (region captioning), caption -> mask (referring segmentation), gcg
+    #: (grounded captions, GCG builds only), or a seeded choice per sample and epoch among
+    #: the tasks the sample serves.
     task: Task = "mask_to_caption"
     #: GT masks to ship: none, the 1024 masks, full resolution, or both.
     gt_masks: GtMasks = "1024"
@@ -166,8 +168,9 @@ class LoaderConfig:
     video_targets: int = 5
 
     def __post_init__(self) -> None:
-        if self.task not in ("mask_to_caption", "caption_to_mask", "mixed"):
-            raise ValueError(f"task {self.task!r}: mask_to_caption, caption_to_mask or mixed")
+        if self.task not in (*TASKS, *OTHER_TASKS, "mixed"):
+            raise ValueError(f"task {self.task!r}: one of {', '.join(TASKS + OTHER_TASKS)} or "
+                             f"mixed")
         if self.gt_masks not in ("none", "1024", "full", "both"):
             raise ValueError(f"gt_masks {self.gt_masks!r}: none, 1024, full or both")
         if self.gt_format not in ("packed", "dense") or self.k_zero not in ("keep", "drop"):
@@ -637,7 +640,7 @@ def _check_card(card: dict[str, Any], build: Path | None, cfg: LoaderConfig, fir
 
 def _check_task(card: dict[str, Any], build: Path | None, cfg: LoaderConfig) -> None:
     served = build_tasks(card) if build else TASKS
-    wanted = TASKS if cfg.task == "mixed" else (cfg.task,)
+    wanted = TASKS + OTHER_TASKS if cfg.task == "mixed" else (cfg.task,)
     if not set(wanted) & set(served):
         fmt = ((card.get("config") or {}).get("reader") or {}).get("format")
         can = " and ".join(served) or "no task (its objects have no text)"
