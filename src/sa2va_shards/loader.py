@@ -639,7 +639,7 @@ def _check_card(card: dict[str, Any], build: Path | None, cfg: LoaderConfig, fir
 
 
 def _check_task(card: dict[str, Any], build: Path | None, cfg: LoaderConfig) -> None:
-    served = build_tasks(card) if build else TASKS
+    served = build_tasks(card) if build else TASKS + OTHER_TASKS
     wanted = TASKS + OTHER_TASKS if cfg.task == "mixed" else (cfg.task,)
     if not set(wanted) & set(served):
         fmt = ((card.get("config") or {}).get("reader") or {}).get("format")

@@ -16,15 +16,16 @@ schemas (Sa2VA registers one dataset per file, with its own repeats):
   caption has fewer than 3 words, or whose short side is under 32 pixels, are `source_filter`
   rejects (Sa2VA drops them when it loads the file).
 
-Every schema's caption is stripped of surrounding quotes and spaces first (the spans index the
-stripped text, as in Sa2VA). One sample = one image; its objects are the grounded phrases sorted
-by span start (the k-th `[SEG]` of the caption is the k-th object), each with `span` [s, e)
-into `meta["gcg"]["caption"]` and `phrase` = that slice. A span that overlaps the previous one is
-cut at the next phrase's start (Sa2VA cuts one character more, and nests tags where GranD-f
-spans overlap). Phrases that cannot be grounded (a RefCOCOg sentence not in the caption, a
-Flickr annotation Sa2VA ignores, a null grounding, a span emptied by the cut) are kept, raw, in
-`meta["gcg"]["ungrounded"]` with a reason: nothing is dropped silently. A sample with no
-grounded phrase is a `no_objects` reject (Sa2VA replaces it by another sample).
+GranD-f and RefCOCOg captions are stripped of surrounding quotes and spaces first (the spans
+index the stripped text, as in Sa2VA; Flickr's are used as stored). One sample = one image;
+its objects are the grounded phrases sorted by span start (the k-th `[SEG]` of the caption is
+the k-th object), each with `span` [s, e) into `meta["gcg"]["caption"]` and `phrase` = that
+slice. A span that reaches into the next one is cut at the next phrase's start (Sa2VA cuts
+one character more, and nests tags where GranD-f spans overlap). Phrases that cannot be
+grounded (a RefCOCOg sentence not in the caption, a Flickr annotation Sa2VA ignores, a null
+grounding, a span emptied by the cut) are kept, raw, in `meta["gcg"]["ungrounded"]` with a
+reason: nothing is dropped silently. A sample with no grounded phrase is a `no_objects` reject
+(Sa2VA replaces it by another sample).
 
 Source id: `<file stem>_<index in the list, 7 digits>`; Flickr: `<file stem>_<image id>`.
 """
@@ -241,11 +242,13 @@ def _bad(where: str, detail: str) -> SampleError:
     return SampleError(Reason.BAD_ANNOTATION, f"{where}: {detail}")
 
 
-def _caption(rec: dict, key: str, where: str) -> str:
+def _caption(rec: dict, key: str, where: str, *, strip: bool = True) -> str:
+    """The caption the spans index: GranD-f / RefCOCOg strip quotes and spaces first (as
+    Sa2VA does); Flickr's spans index the caption as stored."""
     caption = rec.get(key)
     if not isinstance(caption, str):
         raise _bad(where, f"{key} is {type(caption).__name__}, not text")
-    return caption.strip('"').strip()
+    return caption.strip('"').strip() if strip else caption
 
 
 def _span(value: Any, caption: str, where: str) -> tuple[int, int]:
@@ -340,7 +343,7 @@ def _flickr_skip(ann: dict, h: int, w: int) -> str | None:
 
 
 def _parse_flickr(rec: dict, where: str) -> _Parsed:
-    caption = _caption(rec, "caption", where)
+    caption = _caption(rec, "caption", where, strip=False)
     h, w = _size(rec, where)
     phrases, ungrounded = [], []
     for ann in rec.get("ann_info", []):
