@@ -96,7 +96,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Task = Literal["mask_to_caption", "caption_to_mask", "gcg", "mixed"]
+Task = Literal["mask_to_caption", "caption_to_mask", "gcg", "chat", "mixed"]
 GtMasks = Literal["none", "1024", "full", "both"]
 _STATE_FORMAT = 2
 #: skip reasons that are a policy, not corruption (reported once per pass, never raised).
@@ -120,8 +120,8 @@ class LoaderConfig:
     #: shard schema version the loader reads.
     schema_version: int = SCHEMA_VERSION
     #: mask -> caption (region captioning), caption -> mask (referring segmentation), gcg
-    #: (grounded captions, GCG builds only), or a seeded choice per sample and epoch among
-    #: the tasks the sample serves.
+    #: (grounded captions, GCG builds only), chat (conversation-only builds), or a seeded
+    #: choice per sample and epoch among the tasks the sample serves.
     task: Task = "mask_to_caption"
     #: GT masks to ship: none, the 1024 masks, full resolution, or both.
     gt_masks: GtMasks = "1024"
@@ -175,7 +175,7 @@ class LoaderConfig:
             raise ValueError(f"gt_masks {self.gt_masks!r}: none, 1024, full or both")
         if self.gt_format not in ("packed", "dense") or self.k_zero not in ("keep", "drop"):
             raise ValueError(f"gt_format {self.gt_format!r} / k_zero {self.k_zero!r} invalid")
-        if self.task != "mask_to_caption" and self.gt_masks == "none":
+        if self.task not in ("mask_to_caption", "chat") and self.gt_masks == "none":
             raise ValueError(f"task {self.task!r} needs GT masks as targets; set gt_masks")
         if self.max_objects is not None and self.max_objects < 1:
             raise ValueError(f"max_objects must be >= 1 or None, got {self.max_objects}")

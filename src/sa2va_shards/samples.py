@@ -47,8 +47,9 @@ __all__ = [
 _BASE_MEMBERS = {"jpg", "png", "json", "prompt_masks.npy", "k.npy"}
 #: what a sample can be served for: region captioning, referring segmentation.
 TASKS: tuple[str, ...] = ("mask_to_caption", "caption_to_mask")
-#: tasks of builds without region prompts: grounded caption generation (GCG readers).
-OTHER_TASKS: tuple[str, ...] = ("gcg",)
+#: tasks of builds without region prompts: grounded caption generation (GCG readers) and
+#: stored conversations with no masks (LLaVA-665K, Chat-UniVi; `chat_samples.py`).
+OTHER_TASKS: tuple[str, ...] = ("gcg", "chat")
 
 #: object fields searched, in order, for the object's text (str or list of str).
 TEXT_FIELDS = ("caption", "description", "expression", "expressions", "sentences", "captions",
@@ -459,6 +460,8 @@ def build_tasks(card: dict[str, Any]) -> tuple[str, ...]:
     fmt = reader.get("format")
     if fmt == "gcg":
         return ("gcg",)
+    if fmt in ("llava", "chatunivi"):
+        return ("chat",)
     if fmt == "osprey":
         return ("mask_to_caption",)
     if fmt == "sav" and not (reader.get("options") or {}).get("expressions"):
@@ -534,6 +537,10 @@ def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator) -> di
         LoadError: the sample is unusable; its `reason` names the stats counter.
     """
     meta = _json(raw, "json")
+    if isinstance(meta, dict) and meta.get("chat"):  # no objects: its own path
+        from sa2va_shards.chat_samples import decode_chat  # it imports this module
+
+        return decode_chat(raw, meta, cfg, rng)
     kind = _check_meta(meta, cfg)
     prompt, k = _prompt_and_k(raw, meta, kind, cfg.vision.grid)
     stored = prompt.shape[0] if kind == "video" else 1

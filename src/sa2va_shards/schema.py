@@ -110,6 +110,8 @@ def encode_sample(s: ProcessedSample) -> dict[str, bytes]:
     """Member name -> bytes for one sample (deterministic)."""
     if s.meta["kind"] == "video":
         images = {frame_member(t): jpeg for t, jpeg in enumerate(s.jpegs)}
+    elif s.meta["kind"] == "text":  # a pure-text conversation: no picture member
+        images = {}
     else:
         images = {"jpg": s.jpegs[0]}
     return {

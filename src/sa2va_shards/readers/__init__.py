@@ -16,6 +16,7 @@ from typing import Any, ClassVar, Protocol
 
 from sa2va_shards.config import ReaderConfig
 from sa2va_shards.errors import ConfigError
+from sa2va_shards.readers.chat import ChatUniviReader, LlavaReader
 from sa2va_shards.readers.coco import CocoReader
 from sa2va_shards.readers.describe_anything import DescribeAnythingReader
 from sa2va_shards.readers.gcg import GcgReader
@@ -42,6 +43,8 @@ READERS: dict[str, Any] = {
     CocoReader.name: CocoReader,
     DescribeAnythingReader.name: DescribeAnythingReader,
     GcgReader.name: GcgReader,
+    LlavaReader.name: LlavaReader,
+    ChatUniviReader.name: ChatUniviReader,
     OspreyReader.name: OspreyReader,
     RefCocoReader.name: RefCocoReader,
     MevisReader.name: MevisReader,
