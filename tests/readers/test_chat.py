@@ -229,3 +229,11 @@ def test_readers_refuse_a_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="positive int"):
         get_reader(ReaderConfig(format="chatunivi", root=str(tmp_path), options={"frames": 0}))
 
+
+
+def test_conversation_builds_verify(llava, univi):
+    from sa2va_shards.verify import verify_build
+
+    for _, build in (llava, univi):
+        report = verify_build(build.build_dir)
+        assert report.ok, report.problems

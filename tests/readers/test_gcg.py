@@ -295,3 +295,11 @@ def test_a_gcg_build_serves_only_gcg(builds):
         ShardDataset(build, LoaderConfig(task="caption_to_mask"))
     tasks = {s["task"] for s in ShardDataset(build, LoaderConfig(task="mixed"))}
     assert tasks == {"gcg"}
+
+
+def test_gcg_builds_verify(builds):
+    from sa2va_shards.verify import verify_build
+
+    for build in builds.values():
+        report = verify_build(build.build_dir)
+        assert report.ok, report.problems
