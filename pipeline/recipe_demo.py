@@ -41,6 +41,15 @@ SYNTH: dict[str, tuple[int, dict]] = {
 }
 
 
+#: mixture -> sources whose Sa2VA dataset reports its sampler lengths without its repeats
+#: (v1: the RVOS classes, VideoSAM2Dataset, VideoChatUniViDataset; v2: `Sa2VA03RefVOS`), so
+#: xtuner's sampler only reaches the first (N - D) positions of the ConcatDataset.
+SA2VA_SHORT_LENGTHS: dict[str, frozenset[str]] = {
+    "v1": frozenset({"mevis", "revos", "refytvos", "ref_sav", "chat_univi"}),
+    "v2_in30_8b": frozenset({"revos", "mevis", "refytvos", "ref_sav"}),
+}
+
+
 @dataclass(frozen=True)
 class ProportionRow:
     """One source of a mixture: its build's size, the repeat, intended and served shares."""
@@ -52,8 +61,27 @@ class ProportionRow:
     served: int
     skipped: int
 
-    def share(self, total: int, of: str = "served") -> float:
+    #: expected draws of this source under Sa2VA's own sampler (`sa2va_sampler`).
+    sa2va: float = 0.0
+
+    def share(self, total: float, of: str = "served") -> float:
         return getattr(self, of) / total if total else 0.0
+
+
+def sa2va_sampler(rows: list[ProportionRow], short: frozenset[str]) -> list[float]:
+    """Expected draws per source in one epoch of Sa2VA's sampler over the same sizes, sources
+    in ConcatDataset order: the sampler shuffles M = sum of the reported lengths positions
+    (a `short` source reports its size, not size x repeat) and pads them to N = sum of the
+    real lengths by repeating its list's start, so each of the first M positions of the
+    concatenation is drawn N / M times on average and the last N - M never."""
+    n = sum(r.intended for r in rows)
+    m = sum(r.size if r.name in short else r.intended for r in rows)
+    draws, start = [], 0
+    for r in rows:
+        reachable = max(0, min(r.intended, m - start))
+        draws.append(reachable * n / m if m else 0.0)
+        start += r.intended
+    return draws
 
 
 def _build_all(recipe: Path, out: Path) -> dict[str, Path]:
@@ -90,8 +118,10 @@ def build_miniature(out: Path, *, recipe: Path = RECIPE) -> dict[str, Path]:
     return mixes
 
 
-def proportions(mixture: Path, *, seed: int = 0) -> list[ProportionRow]:
-    """One epoch of the mixture served (task per source, full masks), counted per source."""
+def proportions(mixture: Path, *, seed: int = 0,
+                short: frozenset[str] = frozenset()) -> list[ProportionRow]:
+    """One epoch of the mixture served (task per source, full masks), counted per source;
+    `short`: see `sa2va_sampler`."""
     mix = load_mixture(mixture)
     cfg = LoaderConfig(task="mixed", gt_masks="full", seed=seed)
     ds = ShardDataset(mixture, cfg)
@@ -104,20 +134,23 @@ def proportions(mixture: Path, *, seed: int = 0) -> list[ProportionRow]:
         rows.append(ProportionRow(name=src.label, size=size, repeat=src.passes,
                                   intended=intended, served=served[src.label],
                                   skipped=intended - served[src.label]))
-    return rows
+    return [dataclasses.replace(r, sa2va=d) for r, d in zip(rows, sa2va_sampler(rows, short),
+                                                             strict=True)]
 
 
 def table(rows: list[ProportionRow]) -> str:
     """A markdown table: size, repeat, intended and served share of the epoch."""
     total_i = sum(r.intended for r in rows)
     total_s = sum(r.served for r in rows)
-    lines = ["| source | build size | repeat | intended | intended % | served | served % |",
-             "|---|---:|---:|---:|---:|---:|---:|"]
+    total_x = sum(r.sa2va for r in rows)
+    lines = ["| source | build size | repeat | intended | intended % | served | served % | "
+             "Sa2VA sampler | Sa2VA % |", "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r.name} | {r.size} | {r.repeat:g} | {r.intended} | "
                      f"{100 * r.share(total_i, 'intended'):.2f} | {r.served} | "
-                     f"{100 * r.share(total_s):.2f} |")
-    lines.append(f"| total | | | {total_i} | 100 | {total_s} | 100 |")
+                     f"{100 * r.share(total_s):.2f} | {r.sa2va:.1f} | "
+                     f"{100 * r.share(total_x, 'sa2va'):.2f} |")
+    lines.append(f"| total | | | {total_i} | 100 | {total_s} | 100 | {total_x:.1f} | 100 |")
     return "\n".join(lines)
 
 
@@ -127,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--recipe", type=Path, default=RECIPE)
     args = parser.parse_args(argv)
     for name, path in build_miniature(args.out, recipe=args.recipe).items():
-        print(f"\n## {name}\n\n{table(proportions(path))}")
+        rows = proportions(path, short=SA2VA_SHORT_LENGTHS.get(name, frozenset()))
+        print(f"\n## {name}\n\n{table(rows)}")
 
 
 if __name__ == "__main__":

@@ -106,3 +106,14 @@ def test_the_v1_epoch_feeds_the_model_and_one_step_trains(mixes):
     opt.step()
     assert torch.isfinite(loss)
     assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
+def test_sa2va_sampler_model_never_reaches_the_tail():
+    """Sizes 10 (x4, reports 10), 20 (x1), 30 (x1): N = 90, M = 60; the tail source is never
+    drawn and the reachable positions are drawn 1.5 times each."""
+    from pipeline.recipe_demo import ProportionRow, sa2va_sampler
+
+    rows = [ProportionRow(name=n, size=s, repeat=r, intended=s * r, served=0, skipped=0)
+            for n, s, r in (("video", 10, 4), ("a", 20, 1), ("tail", 30, 1))]
+    assert sa2va_sampler(rows, frozenset({"video"})) == [60.0, 30.0, 0.0]
+    assert sa2va_sampler(rows, frozenset()) == [40.0, 20.0, 30.0]
