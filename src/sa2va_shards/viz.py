@@ -218,8 +218,8 @@ def _areas_vs_k(build_dir: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
         for m in members.values():
             rles = decode_sample_json(m["gt_masks.json"])
             k = decode_npy(m["k.npy"])
-            if k.ndim != 1:  # video: areas per frame do not line up with one K
-                continue
+            if k.ndim != 1 or not rles:  # video: areas per frame do not line up with one K;
+                continue  # a conversation-only sample has no objects
             h, w = rles[0]["size"]
             areas.append(ops.runs_area(*ops.rle_to_runs(rles)) / (h * w))
             ks.append(k)

@@ -26,7 +26,7 @@ from sa2va_shards.errors import ConfigError
 from sa2va_shards.loader import CorruptDataWarning, LoaderConfig, ShardDataset, ShardLoader
 from sa2va_shards.readers import get_reader
 from sa2va_shards.readers._chat_synth import CHATUNIVI_FAULTS, LLAVA_FAULTS
-from sa2va_shards.readers.chat import segment_frames
+from sa2va_shards.readers.chatunivi import segment_frames
 from tests.helpers.sa2va_model import fill_slots
 from tests.helpers.shards import check_faults, read_shards
 from tests.helpers.tokenizer import tiny_tokenizer

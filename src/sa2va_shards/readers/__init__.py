@@ -16,10 +16,11 @@ from typing import Any, ClassVar, Protocol
 
 from sa2va_shards.config import ReaderConfig
 from sa2va_shards.errors import ConfigError
-from sa2va_shards.readers.chat import ChatUniviReader, LlavaReader
+from sa2va_shards.readers.chatunivi import ChatUniviReader
 from sa2va_shards.readers.coco import CocoReader
 from sa2va_shards.readers.describe_anything import DescribeAnythingReader
 from sa2va_shards.readers.gcg import GcgReader
+from sa2va_shards.readers.llava import LlavaReader
 from sa2va_shards.readers.osprey import OspreyReader
 from sa2va_shards.readers.refcoco import RefCocoReader
 from sa2va_shards.readers.refvideo import MevisReader, RefYtvosReader, RevosReader

@@ -47,11 +47,12 @@ from pycocotools import mask as mask_utils
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
 from sa2va_shards.readers import _gcg_synth
+from sa2va_shards.readers._gcg_synth import GCG_FAULTS
 from sa2va_shards.readers.coco import read_image
 from sa2va_shards.records import ItemRef, RawSample, bad_item
 from sa2va_shards.safe_io import duplicate_keys, load_setup_json
 
-__all__ = ["GCG_FILES", "GCG_SCHEMAS", "GcgReader", "find_span", "trim_spans"]
+__all__ = ["GCG_FAULTS", "GCG_FILES", "GCG_SCHEMAS", "GcgReader", "find_span", "trim_spans"]
 
 #: file stem -> (schema, image folder relative to root), as Sa2VA's configs wire them.
 GCG_FILES: dict[str, tuple[str, str]] = {
