@@ -55,7 +55,7 @@ def chat_turns(turns: list[dict], kind: str, image: str) -> list[dict[str, str]]
                                    if m["from"] == "human"):
         first = next(i for i, m in enumerate(messages) if m["from"] == "human")
         messages[first] = {**messages[first], "value": IMAGE_TAG + "\n" +
-                           messages[first]["value"]}
+                           messages[first]["value"].strip()}
     keep = (lambda v: v) if kind == "video" else str.strip
     out, question, first = [], "", True
     for m in messages:
