@@ -189,8 +189,9 @@ def _flickr_items(stem: str, data: Any, file: str) -> list[ItemRef]:
             or not isinstance(data.get("annotations", []), list):
         raise ConfigError(f"{file}: not a COCO-style file (images / annotations lists)")
     anns: dict[Any, list] = defaultdict(list)
-    ann_ids = [a.get("id") for a in data.get("annotations", []) if isinstance(a, dict)]
-    if len([a for a in ann_ids if a is not None]) != len({a for a in ann_ids if a is not None}):
+    ann_ids = [a["id"] for a in data.get("annotations", []) if isinstance(a, dict)
+               and isinstance(a.get("id"), int | str)]
+    if len(ann_ids) != len(set(ann_ids)):
         raise ConfigError(f"{file}: annotation ids are not unique")
     for a in data.get("annotations", []):
         if isinstance(a, dict) and isinstance(a.get("image_id"), int | str):
