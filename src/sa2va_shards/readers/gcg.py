@@ -20,8 +20,9 @@ GranD-f and RefCOCOg captions are stripped of surrounding quotes and spaces firs
 index the stripped text, as in Sa2VA; Flickr's are used as stored). One sample = one image;
 its objects are the grounded phrases sorted by span start (the k-th `[SEG]` of the caption is
 the k-th object), each with `span` [s, e) into `meta["gcg"]["caption"]` and `phrase` = that
-slice. A span that reaches into the next one is cut at the next phrase's start (Sa2VA cuts
-one character more, and nests tags where GranD-f spans overlap). Phrases that cannot be
+slice. A span that reaches into the next one is cut at the next phrase's start (Sa2VA v1 cuts
+RefCOCOg spans one character more and leaves GranD-f ones overlapping; v2 cuts none, so its
+tags nest). Phrases that cannot be
 grounded (a RefCOCOg sentence not in the caption, a Flickr annotation Sa2VA ignores, a null
 grounding, a span emptied by the cut) are kept, raw, in `meta["gcg"]["ungrounded"]` with a
 reason: nothing is dropped silently. A sample with no grounded phrase is a `no_objects` reject
@@ -298,8 +299,9 @@ def _parse_grandf(rec: dict, where: str) -> _Parsed:
 
 def find_span(sentence: str, caption: str) -> tuple[int, int] | None:
     """Where a RefCOCOg-GCG ref's sentence first occurs in the (lower-cased) caption, both
-    compared lower-cased. Sa2VA tests `sentence.lower() in caption` but then searches the
-    sentence as written, so a sentence with a capital letter gets span (-1, -1) there."""
+    compared lower-cased. Sa2VA v1 tests `sentence.lower() in caption` but then searches the
+    sentence as written, so a sentence with a capital letter gets span (-1, -1) there; v2
+    searches the lower-cased sentence, as here."""
     needle = sentence.lower()
     at = caption.find(needle) if needle else -1
     return None if at < 0 else (at, at + len(needle))
