@@ -237,3 +237,16 @@ def test_conversation_builds_verify(llava, univi):
     for _, build in (llava, univi):
         report = verify_build(build.build_dir)
         assert report.ok, report.problems
+
+
+def test_inspect_refuses_a_text_only_sample_and_draws_an_image_row(llava, tmp_path):
+    from sa2va_shards.viz import render_overlay
+
+    root, build = llava
+    rows = _rows(root)
+    text = next(i for i, r in enumerate(rows) if "image" not in r)
+    image = next(i for i, r in enumerate(rows) if "image" in r)
+    with pytest.raises(ConfigError, match="text only"):
+        render_overlay(build.build_dir, tmp_path / "t.png", key=f"llava_v1_5_mix665k_{text:07d}")
+    assert render_overlay(build.build_dir, tmp_path / "i.png",
+                          key=f"llava_v1_5_mix665k_{image:07d}").exists()
