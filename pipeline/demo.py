@@ -27,6 +27,9 @@ DEMO_SETS: tuple[tuple[str, str, int, tuple[str, ...], dict], ...] = (
     ("mevis", "demo_mevis", 4, ("missing_frame", "bad_rle", "missing_mask_id"), {}),
     ("revos", "demo_revos", 4, ("size_mismatch", "mask_length"), {}),
     ("refytvos", "demo_refytvos", 4, ("corrupt_frame", "bad_expression"), {}),
+    ("gcg", "demo_gcg", 6, ("bad_rle", "no_grounding", "empty_mask"), {}),
+    ("llava", "demo_llava", 8, ("missing_image", "no_answer"), {}),
+    ("chatunivi", "demo_chatunivi", 3, ("corrupt_video",), {}),
 )
 
 

@@ -60,6 +60,9 @@ class Reason(str, Enum):
     #: a record in a published layout the reader does not read as such (Describe-Anything's
     #: per-frame video records: which frame their masks annotate is unverified).
     UNSUPPORTED_LAYOUT = "unsupported_layout"
+    #: an input the dataset's own loader leaves out by rule (Flickr GCG: a caption under 3
+    #: words, an image side under 32 pixels): recorded, never built.
+    SOURCE_FILTER = "source_filter"
     UNEXPECTED = "unexpected_error"
 
 

@@ -57,7 +57,7 @@ SCHEMA_VERSION = 2
 # Member names (a tar member is `<key>.<name>`).
 #: the image squashed to `image.size` (JPEG; a video clip has FRAME_MEMBERs instead).
 IMAGE = "jpg"
-#: the sample's metadata JSON; `kind` is "image" or "video".
+#: the sample's metadata JSON; `kind` is "image", "video" or "text" (a conversation only).
 META = "json"
 #: every object's mask at the stored image's size, COCO compressed RLE.
 MASKS = "masks.json"
@@ -156,6 +156,8 @@ def encode_sample(s: ProcessedSample) -> dict[str, bytes]:
     """Member name -> bytes for one sample (deterministic)."""
     if s.meta["kind"] == "video":
         images = {frame_member(t): jpeg for t, jpeg in enumerate(s.jpegs)}
+    elif s.meta["kind"] == "text":  # a pure-text conversation: no picture member
+        images = {}
     else:
         images = {IMAGE: s.jpegs[0]}
     return {

@@ -101,6 +101,8 @@ def _check_sample(key: str, members: dict[str, bytes], grid: int, size: int) -> 
             _check_tiles(name, members[name], meta)
     except Exception as e:  # noqa: BLE001 - verify reports, it does not stop
         return [f"{key}: member does not decode: {type(e).__name__}: {e}"]
+    if meta.get("chat"):
+        return _check_chat(key, meta, prompt, k, rles, gt, len(images))
     if meta.get("kind") == "video":  # frames axis first: flatten (T, n) to T * n
         rles, gt = [r for f in rles for r in f], [r for f in gt for r in f]
     n_obj = len(meta["objects"])
@@ -116,6 +118,19 @@ def _check_sample(key: str, members: dict[str, bytes], grid: int, size: int) -> 
             and prompt.shape[-3] == n_obj and len(images) == k.size // max(n_obj, 1)):
         problems.append(f"{key}: object or frame counts differ across members")
     return problems
+
+
+def _check_chat(key: str, meta: dict, prompt: np.ndarray, k: np.ndarray, rles: list,
+                gt: list, n_images: int) -> list[str]:
+    """A conversation-only sample: no objects, empty mask members, and its pictures (none
+    for pure text, one for an image, one per frame for a video)."""
+    frames = int(meta.get("frames", 0)) if meta.get("kind") == "video" else 1
+    want = {"text": 0, "image": 1, "video": frames}.get(meta.get("kind"), -1)
+    empty = [[] for _ in range(frames)] if meta.get("kind") == "video" else []
+    ok = (meta["objects"] == [] and prompt.size == 0 and k.size == 0 and rles == empty
+          and gt == empty and n_images == want)
+    return [] if ok else [f"{key}: conversation-only sample has objects, masks or "
+                          f"{n_images} pictures for kind {meta.get('kind')!r}"]
 
 
 def _check_tiles(name: str, data: bytes, meta: dict) -> None:

@@ -181,6 +181,8 @@ def render_overlay(build_dir: str | Path, out: str | Path, *, key: str | None = 
     out.parent.mkdir(parents=True, exist_ok=True)
     if meta.get("kind") == "video":
         return _render_video(m, meta, out)
+    if meta.get("kind") == "text":  # a pure-text conversation has no picture to draw on
+        raise ConfigError(f"{build_dir}: sample {meta['source_id']} is text only (no image)")
     image = ops.decode_image(m[IMAGE], max_pixels=1 << 30)
     size = image.shape[0]
     masks = ops.rle_decode(decode_json(m[MASKS]), height=size, width=size)
@@ -202,7 +204,7 @@ def render_overlay(build_dir: str | Path, out: str | Path, *, key: str | None = 
         draw.rectangle([10, y + 3, 28, y + 21], fill=color)
         flag = "  (K = 0: no grid point hits it)" if kv == 0 else ""
         flag += "  (fallback cell)" if obj.get("k_fallback") else ""
-        label = obj.get("category") or obj.get("caption") or ""
+        label = obj.get("category") or obj.get("caption") or obj.get("phrase") or ""
         draw.text((36, y), f"region{i + 1}  {label}  K = {int(kv)}{flag}", fill="black",
                   font=font)
     canvas.save(out)
@@ -216,8 +218,8 @@ def _areas_vs_k(build_dir: Path, limit: int) -> tuple[np.ndarray, np.ndarray]:
         for _, m in iter_samples(tar_path, names=(GT_MASKS, K)):
             rles = decode_json(m[GT_MASKS])
             k = decode_npy(m[K])
-            if k.ndim != 1:  # video: areas per frame do not line up with one K
-                continue
+            if k.ndim != 1 or not rles:  # video: areas per frame do not line up with one K;
+                continue  # a conversation-only sample has no objects
             h, w = rles[0]["size"]
             areas.append(ops.runs_area(*ops.rle_to_runs(rles)) / (h * w))
             ks.append(k)

@@ -2,6 +2,7 @@
 and `VideoLLaVASAMModel.forward` (not from our loader), as provenance labels instead of features:
 
 - tiles: `pixel_values` (5-D, or a list of per-sample tensors) concatenated in batch order;
+  a tile whose pixels sum to 0 is no image (`image_flags`, Sa2VA's pure-text rows): no features;
 - per tile its 256 features; when `vp_overall_mask[tile]`, right after them the features of
   the next `prompt_masks` entry, object by object, the set cells in row-major order;
 - that stream fills the `<IMG_CONTEXT>` positions of `input_ids` row by row;
@@ -23,7 +24,10 @@ def tile_stream(data: dict, tokens: int) -> tuple[list[tuple], list[int]]:
     flags = data.get("vp_overall_mask")
     prompts = iter(data.get("prompt_masks") or [])
     stream: list[tuple] = []
+    flat = [tile for tiles in per_sample for tile in tiles]
     for t in range(len(owner)):
+        if float(flat[t].sum()) == 0:  # image_flags: the model drops the tile's features
+            continue
         stream += [("tile", t, c) for c in range(tokens)]
         if flags is not None and bool(flags[t]):
             masks = next(prompts)

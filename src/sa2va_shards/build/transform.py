@@ -178,6 +178,10 @@ def transform_sample(raw: RawSample | RawClip,
         SampleError: `corrupt_image`, `image_too_large`, `mask_size_mismatch`, `no_objects`
             (none, or none left after drops), `k_zero` under `drop_sample`.
     """
+    if raw.meta.get("chat"):  # conversation-only: no objects by design (transform_chat.py)
+        from sa2va_shards.build.transform_chat import transform_chat  # it imports this module
+
+        return transform_chat(raw, cfg), []
     if isinstance(raw, RawClip):
         return _transform_clip(raw, cfg)
     full = ops.decode_image(raw.image, max_pixels=cfg.image.max_pixels, name=raw.image_name)

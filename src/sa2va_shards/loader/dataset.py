@@ -59,6 +59,7 @@ from sa2va_shards.errors import ConfigError, CorruptDataError, ErrorBoundary, To
 from sa2va_shards.format import POOLING, SCHEMA_VERSION
 from sa2va_shards.loader.batch import collate, to_device
 from sa2va_shards.loader.decode import (
+    OTHER_TASKS,
     TASKS,
     Wording,
     build_tasks,
@@ -100,7 +101,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-Task = Literal["mask_to_caption", "caption_to_mask", "mixed"]
+Task = Literal["mask_to_caption", "caption_to_mask", "gcg", "chat", "mixed"]
 GtMasks = Literal["none", "image", "full", "both"]
 _STATE_FORMAT = 2
 #: skip reasons that are a policy, not corruption (reported once per pass, never raised).
@@ -123,8 +124,9 @@ class LoaderConfig:
     pooling: str = POOLING
     #: shard schema version the loader reads.
     schema_version: int = SCHEMA_VERSION
-    #: mask -> caption (region captioning), caption -> mask (referring segmentation), or a
-    #: seeded 50/50 choice per sample and epoch.
+    #: mask -> caption (region captioning), caption -> mask (referring segmentation), gcg
+    #: (grounded captions, GCG builds only), chat (conversation-only builds), or a seeded
+    #: choice per sample and epoch among the tasks the sample serves.
     task: Task = "mask_to_caption"
     #: GT masks to ship: none, the 1024 masks, full resolution, or both.
     gt_masks: GtMasks = "image"
@@ -174,15 +176,16 @@ class LoaderConfig:
     video_targets: int = 5
 
     def __post_init__(self) -> None:
-        if self.task not in ("mask_to_caption", "caption_to_mask", "mixed"):
-            raise ValueError(f"task {self.task!r}: mask_to_caption, caption_to_mask or mixed")
+        if self.task not in (*TASKS, *OTHER_TASKS, "mixed"):
+            raise ValueError(f"task {self.task!r}: one of {', '.join(TASKS + OTHER_TASKS)} or "
+                             f"mixed")
         if self.gt_masks == "1024":  # the name before schema 2, kept for old scripts
             object.__setattr__(self, "gt_masks", "image")
         if self.gt_masks not in ("none", "image", "full", "both"):
             raise ValueError(f"gt_masks {self.gt_masks!r}: none, image, full or both")
         if self.gt_format not in ("packed", "dense") or self.k_zero not in ("keep", "drop"):
             raise ValueError(f"gt_format {self.gt_format!r} / k_zero {self.k_zero!r} invalid")
-        if self.task != "mask_to_caption" and self.gt_masks == "none":
+        if self.task not in ("mask_to_caption", "chat") and self.gt_masks == "none":
             raise ValueError(f"task {self.task!r} needs GT masks as targets; set gt_masks")
         if self.max_objects is not None and self.max_objects < 1:
             raise ValueError(f"max_objects must be >= 1 or None, got {self.max_objects}")
@@ -640,8 +643,8 @@ def _check_card(card: dict[str, Any], build: Path | None, cfg: LoaderConfig, fir
 
 
 def _check_task(card: dict[str, Any], build: Path | None, cfg: LoaderConfig) -> None:
-    served = build_tasks(card) if build else TASKS
-    wanted = TASKS if cfg.task == "mixed" else (cfg.task,)
+    served = build_tasks(card) if build else TASKS + OTHER_TASKS
+    wanted = TASKS + OTHER_TASKS if cfg.task == "mixed" else (cfg.task,)
     if not set(wanted) & set(served):
         fmt = ((card.get("config") or {}).get("reader") or {}).get("format")
         can = " and ".join(served) or "no task (its objects have no text)"

@@ -40,10 +40,12 @@ from sa2va_shards.format import (
     K,
 )
 from sa2va_shards.loader.batch import dynamic_grid, tile_count
+from sa2va_shards.loader.grounded import gcg_turns, gcg_units, is_gcg
 from sa2va_shards.loader.prompts import image_prompt, regions_header
 
 __all__ = [
     "FRAME_MEMBER",
+    "OTHER_TASKS",
     "TASKS",
     "TEXT_FIELDS",
     "build_tasks",
@@ -55,6 +57,9 @@ __all__ = [
 _BASE_MEMBERS = {IMAGE, "png", META, PROMPT_MASKS, K}
 #: what a sample can be served for: region captioning, referring segmentation.
 TASKS: tuple[str, ...] = ("mask_to_caption", "caption_to_mask")
+#: tasks of builds without region prompts: grounded caption generation (GCG readers) and
+#: stored conversations with no masks (LLaVA-665K, Chat-UniVi; `chat_samples.py`).
+OTHER_TASKS: tuple[str, ...] = ("gcg", "chat")
 
 #: object fields searched, in order, for the object's text (str or list of str).
 TEXT_FIELDS = ("caption", "description", "expression", "expressions", "sentences", "captions",
@@ -96,9 +101,17 @@ class Wording:
     #: for the `<image>` tag, so its models were trained on a stray "image" line after the
     #: regions header. True (default) does the same; False removes the tag instead.
     osprey_image_quirk: bool = True
+    #: grounded caption generation (GCG) questions: a brief description with masks per phrase.
+    gcg_questions: tuple[str, ...] = (
+        "Give a short description of the image, with a segmentation mask after each object "
+        "you mention.",
+        "Briefly describe this picture and segment the things your description names.",
+        "Write a brief caption of the image with interleaved masks for its phrases.",
+        "Describe the scene in a few words, adding a mask for every object you refer to.",
+    )
 
     def __post_init__(self) -> None:
-        for name in ("region_questions", "seg_questions", "seg_answers"):
+        for name in ("region_questions", "seg_questions", "seg_answers", "gcg_questions"):
             if not getattr(self, name):
                 raise ValueError(f"Wording.{name} must not be empty")
         if any(a.count("[SEG]") != 1 for a in self.seg_answers):
@@ -440,6 +453,10 @@ def build_tasks(card: dict[str, Any]) -> tuple[str, ...]:
     formats carry per-object text (category, caption, sentences) and serve both."""
     reader = (card.get("config") or {}).get("reader") or {}
     fmt = reader.get("format")
+    if fmt == "gcg":
+        return ("gcg",)
+    if fmt in ("llava", "chatunivi"):
+        return ("chat",)
     if fmt == "osprey":
         return ("mask_to_caption",)
     if fmt == "sav" and not (reader.get("options") or {}).get("expressions"):
@@ -449,7 +466,9 @@ def build_tasks(card: dict[str, Any]) -> tuple[str, ...]:
 
 def sample_tasks(meta: dict) -> tuple[str, ...]:
     """Tasks one sample can serve: a stored dialogue (Osprey) serves region captioning only;
-    objects with text serve both."""
+    objects with text serve both; a grounded caption serves GCG only."""
+    if is_gcg(meta):
+        return ("gcg",)
     if is_dialogue(meta):
         return ("mask_to_caption",)
     if any(object_texts(o)[1] for o in meta["objects"]):
@@ -478,6 +497,8 @@ def _plan(meta: dict, kind: str, task: str, k_vp: np.ndarray, cfg: Any,
             else []
     elif task == "caption_to_mask":
         units = _limit(referring_targets(objects, rng), cfg, rng)
+    elif task == "gcg":
+        units = gcg_units(meta)
     elif is_dialogue(meta):  # the stored dialogue names every region: all are prompted
         if len(k_vp) and int(k_vp.min()) < cfg.min_k:
             raise SampleError("min_k", f"a region covers {int(k_vp.min())} grid cells, fewer than "
@@ -511,6 +532,10 @@ def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator) -> di
         SampleError: the sample is unusable; its `reason` names the stats counter.
     """
     meta = _json(raw, META)
+    if isinstance(meta, dict) and meta.get("chat"):  # no objects: its own path
+        from sa2va_shards.loader.chat import decode_chat  # it imports this module
+
+        return decode_chat(raw, meta, cfg, rng)
     kind = _check_meta(meta, cfg)
     prompt, k = _prompt_and_k(raw, meta, kind, cfg.vision.grid)
     stored = prompt.shape[0] if kind == "video" else 1
@@ -599,6 +624,10 @@ def _add_text(sample: dict, texts: list[str], meta: dict, cfg: Any,
     ks = sample["k"][-1] if kind == "video" else sample["k"]
     if sample["task"] == "caption_to_mask":
         sample["conversation"] = referring_turns(texts, image, rng, cfg.wording)
+        sample["seg"] = len(texts)
+    elif sample["task"] == "gcg":
+        units = [(t, g) for t, g in zip(texts, sample["object_index"], strict=True)]
+        sample["conversation"] = gcg_turns(meta, units, image, rng, cfg.wording)
         sample["seg"] = len(texts)
     elif is_dialogue(meta):
         sample["conversation"] = dialogue_turns(meta, ks.tolist(), image, rng, cfg.wording)

@@ -56,6 +56,8 @@ def encode_sample(sample: dict[str, Any], encoder: Encoder, vision: VisionConfig
     k_vp = sample["k"][-1] if sample["kind"] == "video" else sample["k"]
     want = sample["num_tiles"] * vision.tokens_per_image + (int(k_vp.sum()) if sample["vp"]
                                                            else 0)
+    if sample["kind"] == "text":  # a pure-text conversation: its dummy tile has no slots
+        want = 0
     have = int((ids == encoder.img_context_id).sum())
     seg = int((ids == encoder.token_ids["[SEG]"]).sum())
     if have != want or seg != sample.get("seg", 0):
@@ -98,6 +100,9 @@ def model_inputs(batch: dict[str, Any], device: str | torch.device = "cpu", *,
     docstring); `keys` (sample keys) rides along for debugging."""
     out = to_device(batch, device, vision=vision, dtype=dtype)
     tiles = _tiles_per_sample(out)
+    # a pure-text sample's tile is all zeros: Sa2VA's model skips such tiles (image_flags)
+    tiles = [torch.zeros_like(t) if kind == "text" else t
+             for t, kind in zip(tiles, out["kind"], strict=True)]
     same = all(t.shape == tiles[0].shape for t in tiles)
     data: dict[str, Any] = {name: out[name] for name in MODEL_KEYS[:4]}
     data["pixel_values"] = torch.stack(tiles) if same else tiles

@@ -16,8 +16,11 @@ from typing import Any, ClassVar, Protocol
 
 from sa2va_shards.config import ReaderConfig
 from sa2va_shards.errors import ConfigError
+from sa2va_shards.readers.chatunivi import ChatUniviReader
 from sa2va_shards.readers.coco import CocoReader
 from sa2va_shards.readers.describe_anything import DescribeAnythingReader
+from sa2va_shards.readers.gcg import GcgReader
+from sa2va_shards.readers.llava import LlavaReader
 from sa2va_shards.readers.osprey import OspreyReader
 from sa2va_shards.readers.refcoco import RefCocoReader
 from sa2va_shards.readers.refvideo import MevisReader, RefYtvosReader, RevosReader
@@ -40,6 +43,9 @@ class Reader(Protocol):
 READERS: dict[str, Any] = {
     CocoReader.name: CocoReader,
     DescribeAnythingReader.name: DescribeAnythingReader,
+    GcgReader.name: GcgReader,
+    LlavaReader.name: LlavaReader,
+    ChatUniviReader.name: ChatUniviReader,
     OspreyReader.name: OspreyReader,
     RefCocoReader.name: RefCocoReader,
     MevisReader.name: MevisReader,
