@@ -28,6 +28,7 @@ from numpy.lib import format as npformat
 from sa2va_shards import ops
 from sa2va_shards.device import dynamic_grid, tile_count
 from sa2va_shards.errors import SampleError
+from sa2va_shards.originals import decode_original, is_original, original_views
 from sa2va_shards.prompts import image_prompt, regions_header
 from sa2va_shards.schema import FRAME_MEMBER, TILE_MEMBERS
 
@@ -529,15 +530,23 @@ def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator) -> di
     units = _plan(meta, kind, task, k_vp, cfg, rng)
     groups = [members for _, members in units]
     grid = _union_grid(prompt, groups)
+    # a kept source (`image.store`): decoded here, its views made once the tile grid is known
+    full = decode_original(_member(raw, "jpg"), meta, LoadError) if is_original(
+        meta, kind) else None
     sample = {"kind": kind, "task": task, "meta": meta,
-              "image": _decode_images(raw, kind, cfg.image_size, frames, stored),
+              "image": None if full is not None else _decode_images(raw, kind, cfg.image_size,
+                                                                    frames, stored),
               "frame_index": frames.tolist(), "object_index": groups,
               "objects": [_unit_record(meta["objects"], g) for g in groups],
               "prompt_masks": torch.from_numpy(grid),
               "k": torch.from_numpy(grid.sum(axis=(-2, -1)).astype(np.int64))}
     _add_gt(sample, raw, kind, groups, meta, cfg, frames, stored)
     _add_text(sample, [text for text, _ in units], meta, cfg, rng)
-    _add_stored_tiles(sample, raw, meta, cfg)
+    if full is None:
+        _add_stored_tiles(sample, raw, meta, cfg)
+    else:
+        sample.update(original_views(full, size=cfg.image_size, side=cfg.vision.image_size,
+                                     grid=sample.get("tile_grid"), backend=cfg.resize_backend))
     return sample
 
 
@@ -591,7 +600,7 @@ def _add_gt(sample: dict, raw: dict, kind: str, groups: list[list[int]], meta: d
 
 def _add_text(sample: dict, texts: list[str], meta: dict, cfg: Any,
               rng: np.random.Generator) -> None:
-    kind, frames = sample["kind"], sample["image"].shape[0]
+    kind, frames = sample["kind"], len(sample["frame_index"])
     grid = (1, 1)  # videos: one 448 tile per frame, as Sa2VA
     if kind == "image" and cfg.max_tiles > 1:
         grid = dynamic_grid(int(meta["width"]), int(meta["height"]), max_num=cfg.max_tiles,
