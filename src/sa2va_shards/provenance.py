@@ -30,7 +30,7 @@ __all__ = ["BYTE_MODULES", "code_fingerprint", "code_id", "files_fingerprint"]
 #: modules (relative to the package) whose source decides the bytes of a shard.
 BYTE_MODULES = ("ops", "readers", "transform.py", "schema.py", "writer.py", "shard.py",
                 "plan.py", "records.py", "config.py", "errors.py", "safe_io.py")
-_LIBRARIES = ("pillow", "numpy", "torch", "pycocotools", "av")
+_LIBRARIES = ("pillow", "numpy", "torch", "pycocotools", "av", "simplejpeg")
 
 
 def _library_versions() -> dict[str, str | None]:
