@@ -61,15 +61,30 @@ def _sources(raw) -> dict[str, bytes]:
             for i in doc["images"] if (raw / "images" / i["file_name"]).is_file()}
 
 
+def _jpeg(mode: str = "RGB", **opts) -> bytes:
+    buf = io.BytesIO()
+    Image.new(mode, (8, 8)).save(buf, "JPEG", **opts)
+    return buf.getvalue()
+
+
 def test_keep_source_policy():
-    jpeg, png = b"\xff\xd8\xff\xe0rest", b"\x89PNG\r\n"
-    assert is_jpeg(jpeg) and not is_jpeg(png) and not is_jpeg(b"")
+    jpeg, gray = _jpeg(), _jpeg("L")
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    rotated, upright = _jpeg(exif=exif.tobytes()), Image.Exif()
+    upright[0x0112] = 1
+    png = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(png, "PNG")
+    assert is_jpeg(jpeg) and not is_jpeg(png.getvalue()) and not is_jpeg(b"")
     assert not keep_source(jpeg, 10, 10, store="resized", size=1024)
     assert keep_source(jpeg, 4000, 3000, store="original", size=1024)
-    assert not keep_source(png, 10, 10, store="original", size=1024)
+    assert keep_source(_jpeg(exif=upright.tobytes()), 10, 10, store="original", size=1024)
+    for other in (png.getvalue(), gray, _jpeg("CMYK"), rotated, b"\xff\xd8\xff\xe0junk"):
+        assert not keep_source(other, 10, 10, store="original", size=1024)
+        assert not keep_source(other, 10, 10, store="auto", size=1024)
     assert keep_source(jpeg, 1024, 768, store="auto", size=1024)
     assert not keep_source(jpeg, 1025, 768, store="auto", size=1024)
-    assert not keep_source(png, 10, 10, store="auto", size=1024)
+    assert not keep_source(jpeg, 768, 1025, store="auto", size=1024)
     with pytest.raises(ValueError):
         keep_source(jpeg, 10, 10, store="both", size=1024)
 
@@ -169,7 +184,7 @@ def test_loader_images_are_one_pillow_resample_of_the_source(builds, raw, backen
         thumb = _levels(batch["pixel_values"][b:b + 1])[0]
         assert np.abs(thumb - want[-1]).max() <= tol + 1e-3
         seen += 1
-    assert seen >= 10  # JPEG sources in RGB, L and CMYK, one with EXIF orientation
+    assert seen >= 10  # plain RGB JPEG sources
 
 
 def test_loader_refuses_a_kept_source_of_the_wrong_size(builds):
@@ -184,3 +199,12 @@ def test_loader_refuses_a_kept_source_of_the_wrong_size(builds):
         decode_original(buf.getvalue(), {"height": 10, "width": 10}, LoadError)
     with pytest.raises(LoadError, match="corrupt_image"):
         decode_original(b"\xff\xd8\xff\xe0junk", {"height": 48, "width": 64}, LoadError)
+
+
+def test_inspect_renders_a_kept_source_at_the_sam2_size(builds, tmp_path):
+    from sa2va_shards.viz import render_overlay
+
+    key = next(k for k, m in _members(builds["original"]).items()
+               if json.loads(m["json"])["image_store"] == "original")
+    out = render_overlay(builds["original"], tmp_path / "o.png", key=key)
+    assert Image.open(out).size[0] > 0

@@ -83,7 +83,7 @@ class ImageConfig:
     #: source file's bytes as they are, when it is a JPEG; the loader makes the S x S input,
     #: thumbnail and tiles from it, one resample each) or `auto` (the source when it is a JPEG
     #: no larger than S x S, else resized). Video frames are always resized.
-    store: ImageStore = "resized"
+    store: ImageStore = "auto"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -178,7 +178,9 @@ def render_overlay(build_dir: str | Path, out: str | Path, *, key: str | None = 
     if meta.get("kind") == "video":
         return _render_video(m, meta, out)
     image = ops.decode_image(m["jpg"], max_pixels=1 << 30)
-    size = image.shape[0]
+    size = int(meta.get("size", image.shape[0]))
+    if image.shape[:2] != (size, size):  # a kept source (`image.store`): the SAM2 input
+        image = ops.resize_image(image, size=size)
     masks = ops.rle_decode(decode_sample_json(m["masks_1024.json"]), height=size, width=size)
     prompt, k = decode_npy(m["prompt_masks.npy"]), decode_npy(m["k.npy"])
     left = _mask_panel(image, masks).resize((side, side), Image.Resampling.BILINEAR)
