@@ -28,6 +28,7 @@ from numpy.lib import format as npformat
 from sa2va_shards import ops
 from sa2va_shards.device import dynamic_grid, tile_count
 from sa2va_shards.errors import SampleError
+from sa2va_shards.gpu_decode import defer_image
 from sa2va_shards.originals import decode_original, is_original, original_views
 from sa2va_shards.prompts import image_prompt, regions_header
 from sa2va_shards.schema import FRAME_MEMBER, TILE_MEMBERS
@@ -498,7 +499,8 @@ def _plan(meta: dict, kind: str, task: str, k_vp: np.ndarray, cfg: Any,
     return units
 
 
-def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator) -> dict[str, Any]:
+def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator, *,
+                  defer: bool = False) -> dict[str, Any]:
     """Decode one grouped tar sample into a training sample (CPU tensors, uint8 / packed).
 
     Args:
@@ -506,6 +508,8 @@ def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator) -> di
         cfg: the `LoaderConfig`.
         rng: this sample's generator (seeded from seed, epoch and key, so a resumed run makes
             the same choices).
+        defer: an image's JPEG is checked and shipped undecoded (`deferred`), for
+            `gpu_decode.decode_deferred` to decode on the training device.
 
     Returns:
         A dict with `image` (T, S, S, 3) uint8, per unit `prompt_masks` bool and `k` int64
@@ -530,19 +534,24 @@ def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator) -> di
     units = _plan(meta, kind, task, k_vp, cfg, rng)
     groups = [members for _, members in units]
     grid = _union_grid(prompt, groups)
+    deferred = defer_image(_member(raw, "jpg"), meta, cfg.image_size, LoadError) if (
+        defer and kind == "image" and "jpg" in raw) else None
     # a kept source (`image.store`): decoded here, its views made once the tile grid is known
     full = decode_original(_member(raw, "jpg"), meta, LoadError) if is_original(
-        meta, kind) else None
+        meta, kind) and deferred is None else None
     sample = {"kind": kind, "task": task, "meta": meta,
-              "image": None if full is not None else _decode_images(raw, kind, cfg.image_size,
-                                                                    frames, stored),
+              "image": [None] if deferred is not None else None if full is not None else
+              _decode_images(raw, kind, cfg.image_size, frames, stored),
               "frame_index": frames.tolist(), "object_index": groups,
               "objects": [_unit_record(meta["objects"], g) for g in groups],
               "prompt_masks": torch.from_numpy(grid),
               "k": torch.from_numpy(grid.sum(axis=(-2, -1)).astype(np.int64))}
     _add_gt(sample, raw, kind, groups, meta, cfg, frames, stored)
     _add_text(sample, [text for text, _ in units], meta, cfg, rng)
-    if full is None:
+    if deferred is not None:
+        sample["deferred"] = deferred
+        _add_stored_tiles(sample, raw, meta, cfg)
+    elif full is None:
         _add_stored_tiles(sample, raw, meta, cfg)
     else:
         sample.update(original_views(full, size=cfg.image_size, side=cfg.vision.image_size,
