@@ -208,3 +208,11 @@ def test_inspect_renders_a_kept_source_at_the_sam2_size(builds, tmp_path):
                if json.loads(m["json"])["image_store"] == "original")
     out = render_overlay(builds["original"], tmp_path / "o.png", key=key)
     assert Image.open(out).size[0] > 0
+
+
+def test_the_policy_is_part_of_the_version(raw, tmp_path):
+    from sa2va_shards.manifest import version_id
+
+    ids = {version_id(make_config(raw, tmp_path, image={"store": p}), "fp", code="c", files="f")
+           for p in POLICIES}
+    assert len(ids) == 3

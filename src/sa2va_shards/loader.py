@@ -138,7 +138,8 @@ class LoaderConfig:
     max_tiles: int = 0
     #: the worker's resize of a kept source (`image.store`) to the SAM2 input, thumbnail and
     #: tiles: torch's uint8 antialias (within 2 levels of Pillow, ~2.5x faster) or Pillow's
-    #: bicubic itself (exactly Sa2VA's pixels).
+    #: bicubic itself (exactly Sa2VA's pixels). Images decoded on the device
+    #: (`image_decode`) are resized there with `device.resize_images`.
     resize_backend: Literal["torch", "pillow"] = "torch"
     #: where image JPEGs are decoded (`gpu_decode.py`): `auto` on the device when batches go
     #: to CUDA and torchvision is installed (nvJPEG), else in the workers; `worker` always in

@@ -539,23 +539,26 @@ def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator, *,
     # a kept source (`image.store`): decoded here, its views made once the tile grid is known
     full = decode_original(_member(raw, "jpg"), meta, LoadError) if is_original(
         meta, kind) and deferred is None else None
-    sample = {"kind": kind, "task": task, "meta": meta,
-              "image": [None] if deferred is not None else None if full is not None else
-              _decode_images(raw, kind, cfg.image_size, frames, stored),
+    if deferred is not None:
+        image = [None]  # one frame, decoded on the device
+    elif full is not None:
+        image = None  # made from the source below, once the tile grid is known
+    else:
+        image = _decode_images(raw, kind, cfg.image_size, frames, stored)
+    sample = {"kind": kind, "task": task, "meta": meta, "image": image,
               "frame_index": frames.tolist(), "object_index": groups,
               "objects": [_unit_record(meta["objects"], g) for g in groups],
               "prompt_masks": torch.from_numpy(grid),
               "k": torch.from_numpy(grid.sum(axis=(-2, -1)).astype(np.int64))}
     _add_gt(sample, raw, kind, groups, meta, cfg, frames, stored)
     _add_text(sample, [text for text, _ in units], meta, cfg, rng)
-    if deferred is not None:
-        sample["deferred"] = deferred
-        _add_stored_tiles(sample, raw, meta, cfg)
-    elif full is None:
-        _add_stored_tiles(sample, raw, meta, cfg)
-    else:
+    if full is not None:
         sample.update(original_views(full, size=cfg.image_size, side=cfg.vision.image_size,
                                      grid=sample.get("tile_grid"), backend=cfg.resize_backend))
+    else:
+        _add_stored_tiles(sample, raw, meta, cfg)
+    if deferred is not None:
+        sample["deferred"] = deferred
     return sample
 
 
