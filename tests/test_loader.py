@@ -51,6 +51,7 @@ def build(synth, tmp_path_factory) -> Path:
     """10 COCO-style images -> 4 shards of <= 3 samples (fewer shards than some slot counts)."""
     root = synth("coco", n_items=10, seed=3)
     cfg = make_config(root, tmp_path_factory.mktemp("loader_build"), dataset="ldr",
+                      image={"store": "resized"},  # kept sources: tests/test_image_store.py
                       shards={"samples_per_shard": 3})
     return run_build(cfg, runner="serial", progress=False).build_dir
 

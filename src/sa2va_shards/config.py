@@ -33,6 +33,7 @@ __all__ = [
 
 Interpolation = Literal["bicubic", "bilinear"]
 ResizeBackend = Literal["torch", "pillow"]
+ImageStore = Literal["resized", "original", "auto"]
 KZeroPolicy = Literal["keep", "drop_object", "drop_sample", "fallback_any"]
 K_ZERO_POLICIES: tuple[str, ...] = get_args(KZeroPolicy)
 
@@ -78,6 +79,11 @@ class ImageConfig:
     #: tile grid for up to this many tiles (`tiles.jpg`) and to the 448 thumbnail
     #: (`thumb.jpg`), so tiles keep the source's detail; 0: tiles are cut from the 1024 image.
     tiles: int = 0
+    #: what the sample's `jpg` is: `resized` (the S x S squash, made here), `original` (the
+    #: source file's bytes as they are, when it is a JPEG; the loader makes the S x S input,
+    #: thumbnail and tiles from it, one resample each) or `auto` (the source when it is a JPEG
+    #: no larger than S x S, else resized). Video frames are always resized.
+    store: ImageStore = "auto"
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -51,11 +51,13 @@ __all__ = [
 
 #: Bumped whenever member names, encodings or semantics change; part of every version hash.
 #: 2: the masks of the stored image are `masks.json` (was `masks_1024.json`, though they are
-#: `image.size` masks, 512 with `size: 512`).
+#: `image.size` masks, 512 with `size: 512`); `jpg` may be the source file's own bytes
+#: (`image_store: original` in the json, the `image.store` policy); `kind: text` samples
+#: (a conversation without a picture) have no image member.
 SCHEMA_VERSION = 2
 
 # Member names (a tar member is `<key>.<name>`).
-#: the image squashed to `image.size` (JPEG; a video clip has FRAME_MEMBERs instead).
+#: the image squashed to `image.size`, or the kept source (JPEG; a clip has FRAME_MEMBERs).
 IMAGE = "jpg"
 #: the sample's metadata JSON; `kind` is "image", "video" or "text" (a conversation only).
 META = "json"

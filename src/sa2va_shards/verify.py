@@ -96,7 +96,7 @@ def _check_sample(key: str, members: dict[str, bytes], grid: int, size: int) -> 
         gt = decode_json(members[GT_MASKS])
         images = [members[name] for name in image_members(members)]
         for data in images:
-            ops.decode_image(data, max_pixels=size * size, name=key)
+            _check_image(data, meta, size, key)
         for name in TILE_MEMBERS & set(members):  # full-detail tiles: their own geometry
             _check_tiles(name, members[name], meta)
     except Exception as e:  # noqa: BLE001 - verify reports, it does not stop
@@ -131,6 +131,18 @@ def _check_chat(key: str, meta: dict, prompt: np.ndarray, k: np.ndarray, rles: l
           and gt == empty and n_images == want)
     return [] if ok else [f"{key}: conversation-only sample has objects, masks or "
                           f"{n_images} pictures for kind {meta.get('kind')!r}"]
+
+
+def _check_image(data: bytes, meta: dict, size: int, key: str) -> None:
+    """The image member decodes at its size: S x S, or, for a kept source (`image.store`),
+    the original's height x width the json records."""
+    if meta.get("image_store") != "original":
+        ops.decode_image(data, max_pixels=size * size, name=key)
+        return
+    h, w = int(meta["height"]), int(meta["width"])
+    a = ops.decode_image(data, max_pixels=h * w, name=key)
+    if a.shape[:2] != (h, w):
+        raise ValueError(f"kept source is {a.shape[1]}x{a.shape[0]}, the json says {w}x{h}")
 
 
 def _check_tiles(name: str, data: bytes, meta: dict) -> None:

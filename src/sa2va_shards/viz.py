@@ -184,7 +184,9 @@ def render_overlay(build_dir: str | Path, out: str | Path, *, key: str | None = 
     if meta.get("kind") == "text":  # a pure-text conversation has no picture to draw on
         raise ConfigError(f"{build_dir}: sample {meta['source_id']} is text only (no image)")
     image = ops.decode_image(m[IMAGE], max_pixels=1 << 30)
-    size = image.shape[0]
+    size = int(meta.get("size", image.shape[0]))
+    if image.shape[:2] != (size, size):  # a kept source (`image.store`): the SAM2 input
+        image = ops.resize_image(image, size=size)
     masks = ops.rle_decode(decode_json(m[MASKS]), height=size, width=size)
     prompt, k = decode_npy(m[PROMPT_MASKS]), decode_npy(m[K])
     left = _mask_panel(image, masks).resize((side, side), Image.Resampling.BILINEAR)

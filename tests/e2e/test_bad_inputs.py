@@ -77,8 +77,11 @@ def test_unusual_modes_exif_and_odd_text_are_converted_not_rejected(corpus):
     for fault in CONVERTED:
         m = members[_sid(fault)]
         img = Image.open(io.BytesIO(m["jpg"]))
-        assert img.mode == "RGB" and img.size == (1024, 1024)
         meta = json.loads(m["json"].decode("utf-8"))  # valid UTF-8 always
+        # only a plain RGB JPEG is kept as it is (`image.store`); the others are converted
+        kept = meta["image_store"] == "original"
+        assert kept == (fault == "text_control")
+        assert img.mode == "RGB" and img.size == ((320, 240) if kept else (1024, 1024))
         assert (meta["height"], meta["width"]) == (240, 320)  # stored pixels: EXIF not applied
     name = json.loads(members[_sid("text_control")]["json"])["objects"][0]["category"]
     assert name == "bad\x00\x1b[31m\u2028?name"

@@ -27,8 +27,10 @@ def test_stock_webdataset_with_default_decoders_reads_every_documented_field(bui
     assert len(samples) == build.counts["written"] == 7
     for s in samples:
         assert FIELDS <= set(s)
-        assert s["jpg"].shape == (1024, 1024, 3)  # float RGB in [0, 1]
-        n = len(s["json"]["objects"])
+        meta, n = s["json"], len(s["json"]["objects"])
+        kept = meta["image_store"] == "original"  # the source as it was (`image.store`)
+        assert s["jpg"].shape == ((meta["height"], meta["width"], 3) if kept else
+                                  (1024, 1024, 3))  # float RGB in [0, 1]
         assert s["prompt_masks.npy"].shape == (n, 16, 16) and s["prompt_masks.npy"].dtype == bool
         np.testing.assert_array_equal(s["k.npy"], s["prompt_masks.npy"].reshape(n, -1).sum(1))
         assert len(s["gt_masks.json"]) == len(s["masks.json"]) == n

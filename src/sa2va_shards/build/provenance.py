@@ -31,7 +31,7 @@ __all__ = ["BYTE_MODULES", "code_fingerprint", "code_id", "files_fingerprint"]
 BYTE_MODULES = ("ops", "readers", "build/transform.py", "build/writer.py", "build/shard.py",
                 "build/plan.py", "format.py", "records.py", "config.py", "errors.py",
                 "safe_io.py")
-_LIBRARIES = ("pillow", "numpy", "torch", "pycocotools", "av")
+_LIBRARIES = ("pillow", "numpy", "torch", "pycocotools", "av", "simplejpeg")
 
 
 def _library_versions() -> dict[str, str | None]:

@@ -23,6 +23,7 @@ import numpy as np
 from sa2va_shards import ops
 from sa2va_shards.config import BuildConfig
 from sa2va_shards.errors import Reason, SampleError
+from sa2va_shards.ops.store import STORE_ORIGINAL, STORE_RESIZED, keep_source
 from sa2va_shards.records import RawClip, RawSample
 from sa2va_shards.format import SCHEMA_VERSION, THUMB, TILES, ProcessedSample, sample_key
 
@@ -121,9 +122,10 @@ def _apply_k_zero(m: _Masks, objects: tuple[dict, ...], keep: np.ndarray, zero: 
 
 
 def _process(frames: np.ndarray, rles: list[dict], objects: tuple[dict, ...],
-             cfg: BuildConfig) -> tuple[dict, list[DroppedObject]]:
+             cfg: BuildConfig, *, encode: bool = True) -> tuple[dict, list[DroppedObject]]:
     """The shared core: frames (T, H, W, 3), RLEs frame-major (T * n). Returns arrays and
-    lists that all keep the frame axis, plus the dropped objects."""
+    lists that all keep the frame axis, plus the dropped objects. `encode=False` (a kept
+    source image) skips the image resize and JPEG encode: `jpegs` is empty."""
     t, h, w = frames.shape[:3]
     n, grid, size = len(objects), cfg.vision.grid, cfg.image.size
     _check_sizes(rles, n, h, w)
@@ -147,7 +149,7 @@ def _process(frames: np.ndarray, rles: list[dict], objects: tuple[dict, ...],
                  if len(kept) == len(rles) else ops.resize_rles(kept, height=h, width=w,
                                                                  size=size))
     images = ops.resize_image(frames, size=size, interpolation=cfg.image.interpolation,
-                              backend=cfg.image.resize_backend)
+                              backend=cfg.image.resize_backend) if encode else ()
     fallback = (zero & (ops.count_k(prompt) > 0)).any(axis=0)  # some frame got a fallback cell
     return {
         "jpegs": tuple(ops.encode_jpeg(f, quality=cfg.image.jpeg_quality) for f in images),
@@ -185,11 +187,16 @@ def transform_sample(raw: RawSample | RawClip,
     if isinstance(raw, RawClip):
         return _transform_clip(raw, cfg)
     full = ops.decode_image(raw.image, max_pixels=cfg.image.max_pixels, name=raw.image_name)
-    out, dropped = _process(full[None], sample_rles(raw), raw.objects, cfg)
+    # decoded either way: a kept source is validated exactly as a resized one (same rejects)
+    keep = keep_source(raw.image, *full.shape[:2], store=cfg.image.store, size=cfg.image.size)
+    out, dropped = _process(full[None], sample_rles(raw), raw.objects, cfg, encode=not keep)
     meta = _meta("image", raw.source_id, raw.meta, out, cfg)
-    tile_jpegs = _tile_images(full, cfg, meta)
+    meta["image_store"] = STORE_ORIGINAL if keep else STORE_RESIZED
+    # a kept source is the full detail: the loader cuts tiles and the thumbnail from it
+    tile_jpegs = {} if keep else _tile_images(full, cfg, meta)
     return ProcessedSample(
-        key=sample_key(raw.source_id), jpegs=out["jpegs"], gt_rles=out["gt"][0],
+        key=sample_key(raw.source_id), jpegs=(raw.image,) if keep else out["jpegs"],
+        gt_rles=out["gt"][0],
         rles=out["masks"][0], prompt_masks=out["prompt"][0], k=out["k"][0],
         meta=meta, tile_jpegs=tile_jpegs), dropped
 

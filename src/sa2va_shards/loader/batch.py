@@ -245,8 +245,11 @@ def collate(samples: list[dict[str, Any]]) -> dict[str, Any]:
                                                           dtype=torch.long).reshape(-1)}
     if not real:
         return batch
-    hwc = default_collate([f for s in real for f in s["image"]])  # (sum_T, S, S, 3)
-    batch["g_pixel_values"] = hwc.permute(0, 3, 1, 2)
+    if any("deferred" in s for s in real):  # decoded on the device (gpu_decode.py)
+        batch["image_parts"] = [s.get("deferred", s["image"]) for s in real]
+    else:
+        hwc = default_collate([f for s in real for f in s["image"]])  # (sum_T, S, S, 3)
+        batch["g_pixel_values"] = hwc.permute(0, 3, 1, 2)
     batch["frames_per_sample"] = torch.tensor([len(s["image"]) for s in real])
     batch["orig_size"] = torch.tensor([[int(s["meta"].get("height", 0)),
                                         int(s["meta"].get("width", 0))] for s in real])

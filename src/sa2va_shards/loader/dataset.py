@@ -57,6 +57,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 from sa2va_shards.config import VisionConfig
 from sa2va_shards.errors import ConfigError, CorruptDataError, ErrorBoundary, Tolerance
 from sa2va_shards.format import POOLING, SCHEMA_VERSION
+from sa2va_shards.loader import gpu_decode
 from sa2va_shards.loader.batch import collate, to_device
 from sa2va_shards.loader.decode import (
     OTHER_TASKS,
@@ -142,6 +143,15 @@ class LoaderConfig:
     min_k: int = 0
     #: InternVL dynamic tiles up to this many (+ thumbnail); 0 or 1 = the 448 thumbnail only.
     max_tiles: int = 0
+    #: the worker's resize of a kept source (`image.store`) to the SAM2 input, thumbnail and
+    #: tiles: torch's uint8 antialias (within 2 levels of Pillow, ~2.5x faster) or Pillow's
+    #: bicubic itself (exactly Sa2VA's pixels). Images decoded on the device
+    #: (`image_decode`) are resized there with `device.resize_images`.
+    resize_backend: Literal["torch", "pillow"] = "torch"
+    #: where image JPEGs are decoded (`gpu_decode.py`): `auto` on the device when batches go
+    #: to CUDA and torchvision is installed (nvJPEG), else in the workers; `worker` always in
+    #: the workers; `device` always deferred to the main process (Pillow on a CPU device).
+    image_decode: Literal["auto", "worker", "device"] = "auto"
     #: seed of every random choice (shard order, buffer, objects, questions).
     seed: int = 0
     #: shuffle shards and samples; False keeps build order (within the split).
@@ -195,6 +205,10 @@ class LoaderConfig:
             raise ValueError(f"min_k must be >= 0, got {self.min_k}")
         if self.interleave < 1:
             raise ValueError(f"interleave must be >= 1, got {self.interleave}")
+        if self.image_decode not in ("auto", "worker", "device"):
+            raise ValueError(f"image_decode {self.image_decode!r}: auto, worker or device")
+        if self.resize_backend not in ("torch", "pillow"):
+            raise ValueError(f"resize_backend {self.resize_backend!r}: torch or pillow")
         if self.frames is not None and self.frames < 1:
             raise ValueError(f"frames must be >= 1 or None, got {self.frames}")
 
@@ -314,6 +328,9 @@ class _Cursor:
 class ShardDataset(IterableDataset):
     """Iterable over one build's samples, or a mixture of builds (module docstring).
 
+    `defer_images` (set by `ShardLoader` from `LoaderConfig.image_decode`): image JPEGs are
+    shipped undecoded, to be decoded on the training device (`gpu_decode.py`).
+
     Args:
         source: a build directory (dataset.json + shards.parquet), a dataset folder (its
             `latest`), a folder of .tar shards, a brace pattern, a list of shard paths/URLs,
@@ -333,6 +350,9 @@ class ShardDataset(IterableDataset):
         ConfigError: a build's preprocessing does not match, a build cannot serve its task,
             a bad mixture, or no dataset.json was found and `cfg.strict`.
     """
+
+    #: image JPEGs shipped undecoded for the device (set by `ShardLoader`, per pass).
+    defer_images: bool = False
 
     def __init__(self, source: Any, cfg: LoaderConfig | None = None, *,
                  rank: int | None = None, world_size: int | None = None,
@@ -570,7 +590,7 @@ class ShardDataset(IterableDataset):
         src = self.sources[raw["__source__"]]
         rng = np.random.default_rng([self.cfg.seed, self.epoch, 2, raw["__position__"]])
         with self._boundary.item(f"{url} sample {key}") as outcome:  # skip, count, warn
-            sample = decode_sample(raw, src.cfg, rng)
+            sample = decode_sample(raw, src.cfg, rng, defer=self.defer_images)
             if self.encoder is not None:
                 encode_sample(sample, self.encoder, self.cfg.vision)
         if outcome.error is not None:
@@ -688,14 +708,18 @@ class ShardLoader:
         loader = DataLoader(self.dataset, batch_size=self.batch_size, collate_fn=collate_fn,
                             num_workers=self.num_workers, pin_memory=pin, **extra)
         before = self.dataset.stats.copy()
+        cfg = self.dataset.cfg
+        self.dataset.defer_images = gpu_decode.wanted(cfg.image_decode, self.device)
         batches = iter(loader)  # workers start here, each with its copy of the resume state
-        vision = self.dataset.cfg.vision
+        vision = cfg.vision
         complete = False
         try:
             for batch in batches:
                 self.dataset.observe(batch)
                 if batch["batch_size"] == 0:
                     continue
+                batch = gpu_decode.decode_deferred(batch, self.device or "cpu",
+                                                   size=cfg.image_size, tile=vision.image_size)
                 if encoder is not None:
                     batch = model_inputs(batch, self.device or "cpu", vision=vision,
                                          dtype=self.dtype)

@@ -40,7 +40,9 @@ from sa2va_shards.format import (
     K,
 )
 from sa2va_shards.loader.batch import dynamic_grid, tile_count
+from sa2va_shards.loader.gpu_decode import defer_image
 from sa2va_shards.loader.grounded import gcg_turns, gcg_units, is_gcg
+from sa2va_shards.loader.originals import decode_original, is_original, original_views
 from sa2va_shards.loader.prompts import image_prompt, regions_header
 
 __all__ = [
@@ -513,7 +515,8 @@ def _plan(meta: dict, kind: str, task: str, k_vp: np.ndarray, cfg: Any,
     return units
 
 
-def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator) -> dict[str, Any]:
+def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator, *,
+                  defer: bool = False) -> dict[str, Any]:
     """Decode one grouped tar sample into a training sample (CPU tensors, uint8 / packed).
 
     Args:
@@ -521,6 +524,8 @@ def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator) -> di
         cfg: the `LoaderConfig`.
         rng: this sample's generator (seeded from seed, epoch and key, so a resumed run makes
             the same choices).
+        defer: an image's JPEG is checked and shipped undecoded (`deferred`), for
+            `gpu_decode.decode_deferred` to decode on the training device.
 
     Returns:
         A dict with `image` (T, S, S, 3) uint8, per unit `prompt_masks` bool and `k` int64
@@ -549,15 +554,31 @@ def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator) -> di
     units = _plan(meta, kind, task, k_vp, cfg, rng)
     groups = [members for _, members in units]
     grid = _union_grid(prompt, groups)
-    sample = {"kind": kind, "task": task, "meta": meta,
-              "image": _decode_images(raw, kind, cfg.image_size, frames, stored),
+    deferred = defer_image(_member(raw, IMAGE), meta, cfg.image_size) if (
+        defer and kind == "image" and "jpg" in raw) else None
+    # a kept source (`image.store`): decoded here, its views made once the tile grid is known
+    full = decode_original(_member(raw, IMAGE), meta) if is_original(
+        meta, kind) and deferred is None else None
+    if deferred is not None:
+        image = [None]  # one frame, decoded on the device
+    elif full is not None:
+        image = None  # made from the source below, once the tile grid is known
+    else:
+        image = _decode_images(raw, kind, cfg.image_size, frames, stored)
+    sample = {"kind": kind, "task": task, "meta": meta, "image": image,
               "frame_index": frames.tolist(), "object_index": groups,
               "objects": [_unit_record(meta["objects"], g) for g in groups],
               "prompt_masks": torch.from_numpy(grid),
               "k": torch.from_numpy(grid.sum(axis=(-2, -1)).astype(np.int64))}
     _add_gt(sample, raw, kind, groups, meta, cfg, frames, stored)
     _add_text(sample, [text for text, _ in units], meta, cfg, rng)
-    _add_stored_tiles(sample, raw, meta, cfg)
+    if full is not None:
+        sample.update(original_views(full, size=cfg.image_size, side=cfg.vision.image_size,
+                                     grid=sample.get("tile_grid"), backend=cfg.resize_backend))
+    else:
+        _add_stored_tiles(sample, raw, meta, cfg)
+    if deferred is not None:
+        sample["deferred"] = deferred
     return sample
 
 
@@ -611,7 +632,7 @@ def _add_gt(sample: dict, raw: dict, kind: str, groups: list[list[int]], meta: d
 
 def _add_text(sample: dict, texts: list[str], meta: dict, cfg: Any,
               rng: np.random.Generator) -> None:
-    kind, frames = sample["kind"], sample["image"].shape[0]
+    kind, frames = sample["kind"], len(sample["frame_index"])
     grid = (1, 1)  # videos: one 448 tile per frame, as Sa2VA
     if kind == "image" and cfg.max_tiles > 1:
         grid = dynamic_grid(int(meta["width"]), int(meta["height"]), max_num=cfg.max_tiles,
