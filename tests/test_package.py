@@ -87,7 +87,7 @@ from sa2va_shards.build import make_runner, run_build
 from sa2va_shards.config import parse_config
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.loader import LoaderConfig, ShardDataset
-from sa2va_shards.readers import synth_dataset
+from sa2va_shards.synth import synth_dataset
 
 raw = synth_dataset('coco', {str(tmp_path / 'raw')!r}, n_items=6, seed=0)
 cfg = parse_config({{'dataset': 'noray', 'reader': {{'format': 'coco', 'root': str(raw)}},

@@ -20,7 +20,8 @@ from sa2va_shards.build.run import run_build
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader
 from sa2va_shards.readers import READERS, get_reader
-from sa2va_shards.readers.refvideo import LAYOUTS, REFVIDEO_FAULTS
+from sa2va_shards.readers.refvideo import LAYOUTS
+from sa2va_shards.synth.refvideo import REFVIDEO_FAULTS
 from sa2va_shards.verify import verify_build
 from tests.helpers import make_config
 from tests.helpers.shards import read_rejects, read_shards

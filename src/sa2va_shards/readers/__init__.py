@@ -5,13 +5,13 @@ A reader is a frozen, picklable dataclass (Ray ships it to workers) with:
   source id; a structural problem (missing annotation file) raises `ConfigError`.
 - `load(ref) -> RawSample`: one sample's image bytes and decoded masks; per-item problems raise
   `SampleError` with a reason.
-- `synth(out_dir, *, n_items, seed, faults)`: writes a small dataset in the real on-disk format.
+
+Small datasets in these formats, with injected faults, are written by `sa2va_shards.synth`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any, ClassVar, Protocol
 
 from sa2va_shards.config import ReaderConfig
@@ -24,7 +24,7 @@ from sa2va_shards.readers.refvideo import MevisReader, RefYtvosReader, RevosRead
 from sa2va_shards.readers.sav import SavReader
 from sa2va_shards.records import ItemRef, RawClip, RawSample
 
-__all__ = ["READERS", "Reader", "get_reader", "synth_dataset"]
+__all__ = ["READERS", "Reader", "get_reader"]
 
 
 class Reader(Protocol):
@@ -66,8 +66,3 @@ def get_reader(cfg: ReaderConfig, *, max_pixels: int | None = None) -> Reader:
     except TypeError as e:
         raise ConfigError(f"reader.options for {cfg.format}: {e}") from e
 
-
-def synth_dataset(name: str, out_dir: Path, *, n_items: int = 24, seed: int = 0,
-                  faults: tuple[str, ...] = ()) -> Path:
-    """Write a small raw dataset of format `name` under `out_dir`; returns its root."""
-    return _reader_class(name).synth(Path(out_dir), n_items=n_items, seed=seed, faults=faults)
