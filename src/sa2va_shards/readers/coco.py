@@ -9,21 +9,16 @@ from __future__ import annotations
 
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
+from sa2va_shards.readers.base import BaseReader
 from sa2va_shards.records import ItemRef, RawSample, bad_item
-from sa2va_shards.safe_io import (
-    DuplicateKeyDict,
-    duplicate_keys,
-    load_setup_json,
-    read_data_file,
-)
+from sa2va_shards.safe_io import DuplicateKeyDict, duplicate_keys
 
 __all__ = ["CocoReader", "annotation_problem", "category_names", "group_annotations",
-           "image_fields", "is_id", "load_instances", "read_image", "source_id_of"]
+           "image_fields", "image_sample", "is_id", "load_instances", "source_id_of"]
 
 
 def image_fields(img: Any) -> tuple[int, int, str]:
@@ -42,20 +37,30 @@ def image_fields(img: Any) -> tuple[int, int, str]:
     return h, w, file_name
 
 
-def read_image(root: str | Path, folder: str, file_name: Any) -> tuple[str, bytes]:
-    """Read `<root>/<folder>/<file_name>` where `file_name` comes from the data: it must stay
-    inside the folder and be a regular file (`safe_io.read_data_file`). Returns the name used
-    in reject details (relative to root, so rows do not depend on where the dataset lives)
-    and the bytes."""
-    rel = f"{folder}/{file_name}"
-    return rel, read_data_file(Path(root) / folder, file_name, shown=rel)
+def image_sample(reader: BaseReader, ref: ItemRef, images: str, **meta: Any) -> RawSample:
+    """The load of the COCO-based readers: the image record's file from the `images` folder
+    and every object's segmentation as an RLE at the record's height/width; `meta` adds to
+    the file name and image id."""
+    img, objects = ref.data["image"], ref.data["objects"]
+    h, w, file_name = image_fields(img)
+    rel, data = reader.read_data(images, file_name)
+    rles = ops.segmentations_to_rles([o["segmentation"] for o in objects], height=h, width=w)
+    return RawSample(
+        source_id=ref.source_id,
+        image=data,
+        image_name=rel,
+        rles=tuple(rles),
+        objects=tuple({k: v for k, v in o.items() if k != "segmentation"} for o in objects),
+        meta={"file_name": file_name, "image_id": img.get("id"), **meta},
+    )
 
 
-def load_instances(path: Path) -> tuple[dict[str, Any], bool]:
-    """A COCO instances JSON and whether any object in it repeats a key; anything unreadable
-    stops the build (`ConfigError`): it indexes the whole set."""
-    data, dups = load_setup_json(path, unreadable="cannot read annotations",
-                                 missing="annotation file not found (check reader.root)")
+def load_instances(reader: BaseReader, rel: str) -> tuple[dict[str, Any], bool]:
+    """The COCO instances JSON `<root>/<rel>` and whether any object in it repeats a key;
+    anything unreadable stops the build (`ConfigError`): it indexes the whole set."""
+    path = reader.path(rel)
+    data, dups = reader.setup_json(rel, unreadable="cannot read annotations",
+                                   missing="annotation file not found (check reader.root)")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ConfigError(f"{path}: not a COCO instances file (no 'images' list)")
     if isinstance(data, DuplicateKeyDict):
@@ -143,11 +148,10 @@ def group_annotations(anns: list, images: set | dict, cats: dict, dups: bool
 
 
 @dataclass(frozen=True, kw_only=True)
-class CocoReader:
+class CocoReader(BaseReader):
     """Reads `<root>/<annotations>` and images from `<root>/<images>/<file_name>`."""
 
     name: ClassVar[str] = "coco"
-    root: str
     annotations: str = "annotations/instances.json"
     images: str = "images"
 
@@ -155,7 +159,7 @@ class CocoReader:
         """One `ItemRef` per image record, with its annotations and category names; a record
         that cannot be an input (wrong types, repeated keys, orphan annotations) becomes a
         `bad_item`, rejected by the plan with its reason."""
-        data, dups = load_instances(Path(self.root) / self.annotations)
+        data, dups = load_instances(self, self.annotations)
         cats = category_names(data.get("categories", []))
         images, items = _image_records(data["images"])
         anns, problems, bad = group_annotations(data.get("annotations", []),
@@ -181,15 +185,4 @@ class CocoReader:
 
     def load(self, ref: ItemRef) -> RawSample:
         """Read the image bytes and turn every segmentation into an RLE at the record's size."""
-        img, objects = ref.data["image"], ref.data["objects"]
-        h, w, file_name = image_fields(img)
-        rel, data = read_image(self.root, self.images, file_name)
-        rles = ops.segmentations_to_rles([o["segmentation"] for o in objects], height=h, width=w)
-        return RawSample(
-            source_id=ref.source_id,
-            image=data,
-            image_name=rel,
-            rles=tuple(rles),
-            objects=tuple({k: v for k, v in o.items() if k != "segmentation"} for o in objects),
-            meta={"file_name": file_name, "image_id": img.get("id")},
-        )
+        return image_sample(self, ref, self.images)

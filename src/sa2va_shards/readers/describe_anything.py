@@ -25,11 +25,12 @@ import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
+from typing import Any, BinaryIO, ClassVar, Literal
 
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
 from sa2va_shards.readers._safe_pickle import safe_loads
+from sa2va_shards.readers.base import BaseReader
 from sa2va_shards.records import ItemRef, RawSample, bad_item
 from sa2va_shards.safe_io import NotRegularFileError, data_path, open_regular
 
@@ -132,16 +133,14 @@ def _tar_items(split: str, tar: Path, rel: str) -> list[ItemRef]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DescribeAnythingReader:
-    """Reads `<root>/<SPLIT>/images/*.tar` for each split."""
+class DescribeAnythingReader(BaseReader):
+    """Reads `<root>/<SPLIT>/images/*.tar` for each split (root holds one folder per split)."""
 
     name: ClassVar[str] = "describe_anything"
-    #: folder holding one folder per split.
-    root: str
     #: splits to read; empty means every folder under root that has `images/*.tar`.
     splits: tuple[str, ...] = ()
     #: per-frame video records (`{id}.{t}.jpg`): `reject` (default) or `first_frame`.
-    frame_records: str = "reject"
+    frame_records: Literal["reject", "first_frame"] = "reject"
 
     def __post_init__(self) -> None:
         splits = (self.splits,) if isinstance(self.splits, str) else self.splits
@@ -162,10 +161,11 @@ class DescribeAnythingReader:
         return sorted(set(found))
 
     def _tars(self, split: str) -> list[Path]:
-        tars = sorted((Path(self.root) / split / "images").glob("*.tar"))
+        folder = self.path(split) / "images"
+        tars = sorted(folder.glob("*.tar"))
         if not tars:
-            raise ConfigError(f"{Path(self.root) / split / 'images'}: no .tar shards for split "
-                              f"{split!r} (check reader.root and reader.options.splits)")
+            raise ConfigError(f"{folder}: no .tar shards for split {split!r} (check "
+                              "reader.root and reader.options.splits)")
         return tars
 
     def list_items(self) -> list[ItemRef]:
@@ -201,7 +201,7 @@ class DescribeAnythingReader:
             reason = Reason.MISSING_IMAGE if which == "image" else Reason.BAD_ANNOTATION
             raise SampleError(reason, f"{tar}: key {ref.data['id']!r} has no {which} member")
         try:
-            with open_regular(Path(self.root) / tar) as f:
+            with open_regular(self.path(tar)) as f:
                 f.seek(entry["offset"])
                 data = f.read(entry["size"])
         except OSError as e:

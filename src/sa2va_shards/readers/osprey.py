@@ -21,13 +21,9 @@ from typing import Any, ClassVar
 
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
+from sa2va_shards.readers.base import BaseReader
 from sa2va_shards.records import ItemRef, RawSample, bad_item
-from sa2va_shards.safe_io import (
-    data_path,
-    duplicate_keys,
-    load_setup_json,
-    read_data_file,
-)
+from sa2va_shards.safe_io import data_path, duplicate_keys
 
 __all__ = ["COCO_IMAGE_DIRS", "OSPREY_FILES", "OspreyReader"]
 
@@ -58,12 +54,11 @@ def _as_tuple(value: Any, what: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class OspreyReader:
-    """Reads the Osprey-724K JSON files under `<root>/<annotations>` and COCO images."""
+class OspreyReader(BaseReader):
+    """Reads the Osprey-724K JSON files under `<root>/<annotations>` and COCO images; root is
+    the folder holding `Osprey-724K/` and `coco/` (Sa2VA's `data/osprey-724k`)."""
 
     name: ClassVar[str] = "osprey"
-    #: folder holding `Osprey-724K/` and `coco/` (Sa2VA's `data/osprey-724k`).
-    root: str
     #: which JSON files to read (names in `annotations`; `.json` may be left off).
     files: tuple[str, ...] = OSPREY_FILES
     #: folder of the JSON files, relative to root.
@@ -87,12 +82,12 @@ class OspreyReader:
 
     def _read_list(self, file: str) -> tuple[list, bool]:
         """The file's elements and whether any object in it repeats a key."""
-        path = Path(self.root) / self.annotations / file
-        data, dups = load_setup_json(path, unreadable="cannot read Osprey annotations",
+        rel = Path(self.annotations) / file
+        data, dups = self.setup_json(rel, unreadable="cannot read Osprey annotations",
                                      missing="Osprey file not found (check reader.root and "
                                              "reader.options.files)")
         if not isinstance(data, list):
-            raise ConfigError(f"{path}: expected a top-level JSON list, got "
+            raise ConfigError(f"{self.path(rel)}: expected a top-level JSON list, got "
                               f"{type(data).__name__}")
         return data, dups
 
@@ -113,12 +108,9 @@ class OspreyReader:
 
     def _read_image(self, file_name: str) -> tuple[str, bytes]:
         for folder in self.image_dirs:
-            base = Path(self.root) / folder
             # checked before the lookup: a '..' name must not probe other folders either
-            if not os.path.lexists(data_path(base, file_name)):
-                continue
-            rel = f"{folder}/{file_name}"
-            return rel, read_data_file(base, file_name, shown=rel)
+            if os.path.lexists(data_path(self.path(folder), file_name)):
+                return self.read_data(folder, file_name)
         raise SampleError(Reason.MISSING_IMAGE,
                           f"{file_name}: not in any of {', '.join(self.image_dirs)}")
 

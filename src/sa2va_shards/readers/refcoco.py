@@ -18,31 +18,28 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
-from sa2va_shards.readers._safe_pickle import safe_load
+from sa2va_shards.readers.base import BaseReader
 from sa2va_shards.readers.coco import (
     annotation_problem,
     category_names,
-    image_fields,
+    image_sample,
     is_id,
     load_instances,
-    read_image,
     source_id_of,
 )
 from sa2va_shards.records import ItemRef, RawSample, bad_item
-from sa2va_shards.safe_io import duplicate_keys, open_regular
+from sa2va_shards.safe_io import duplicate_keys
 
 __all__ = ["RefCocoReader"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class RefCocoReader:
-    """Reads `<root>/<instances>` and `<root>/<refs_file>` (default `refs(<variant>).p`)."""
+class RefCocoReader(BaseReader):
+    """Reads `<root>/<instances>` and `<root>/<refs_file>` (default `refs(<variant>).p`);
+    root is the folder of one of refcoco, refcoco+, refcocog (Sa2VA: `data/ref_seg/<name>`)."""
 
     name: ClassVar[str] = "refcoco"
-    #: folder of one of refcoco, refcoco+, refcocog (Sa2VA: `data/ref_seg/<name>`).
-    root: str
     #: refs file suffix: `unc` (refcoco, refcoco+), `umd` or `google` (refcocog).
     variant: str = "unc"
     #: refs file name relative to root; empty means `refs(<variant>).p`.
@@ -59,24 +56,22 @@ class RefCocoReader:
     lowercase: bool = False
 
     @property
+    def refs_name(self) -> str:
+        """The refs pickle this reader reads, relative to root."""
+        return self.refs_file or f"refs({self.variant}).p"
+
+    @property
     def refs_path(self) -> Path:
         """The refs pickle this reader reads."""
-        return Path(self.root) / (self.refs_file or f"refs({self.variant}).p")
+        return self.path(self.refs_name)
 
     def _load_refs(self) -> list:
-        path = self.refs_path
-        try:
-            with open_regular(path) as f:
-                refs = safe_load(f, name=path.name)
-        except FileNotFoundError as e:
-            raise ConfigError(f"{path}: refs file not found (check reader.root and "
-                              "reader.options.variant / refs_file)") from e
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read the refs file: {e}") from e
-        except SampleError as e:  # one pickle for the whole set: nothing can be built
-            raise ConfigError(f"{path}: {e.reason.value}: {e.detail}") from e
+        refs = self.setup_pickle(self.refs_name, unreadable="cannot read the refs file",
+                                 missing="refs file not found (check reader.root and "
+                                         "reader.options.variant / refs_file)")
         if not isinstance(refs, list):
-            raise ConfigError(f"{path}: expected a list of refs, got {type(refs).__name__}")
+            raise ConfigError(f"{self.refs_path}: expected a list of refs, got "
+                              f"{type(refs).__name__}")
         return refs
 
     def _split_refs(self, refs: list) -> list[tuple[int, Any]]:
@@ -96,7 +91,7 @@ class RefCocoReader:
         image or annotation record of the wrong shape rejects the image it belongs to (or,
         when it names no usable image, is a reject of its own)."""
         refs = self._split_refs(self._load_refs())
-        coco, dups = load_instances(Path(self.root) / self.instances)
+        coco, dups = load_instances(self, self.instances)
         anns = {a["id"]: a for a in coco.get("annotations", [])
                 if isinstance(a, dict) and is_id(a.get("id"))}
         cats = category_names(coco.get("categories", []))
@@ -130,19 +125,11 @@ class RefCocoReader:
             SampleError: `bad_annotation` (annotation missing from instances.json, malformed
                 image record), `missing_image`, `unsafe_path`, `bad_segmentation`.
         """
-        img, objects = ref.data["image"], ref.data["objects"]
-        missing = [o["id"] for o in objects if o.get("missing")]
+        missing = [o["id"] for o in ref.data["objects"] if o.get("missing")]
         if missing:
             raise SampleError(Reason.BAD_ANNOTATION,
                               f"refs name annotation ids {missing} not in {self.instances}")
-        h, w, file_name = image_fields(img)
-        rel, data = read_image(self.root, self.images, file_name)
-        rles = ops.segmentations_to_rles([o["segmentation"] for o in objects], height=h, width=w)
-        return RawSample(
-            source_id=ref.source_id, image=data, image_name=rel, rles=tuple(rles),
-            objects=tuple({k: v for k, v in o.items() if k != "segmentation"} for o in objects),
-            meta={"file_name": file_name, "image_id": img.get("id"), "split": ref.data["split"]},
-        )
+        return image_sample(self, ref, self.images, split=ref.data["split"])
 
 
 def _in_split(value: Any, split: str) -> bool:

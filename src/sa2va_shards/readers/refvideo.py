@@ -37,9 +37,7 @@ Source id: the video name (ReVOS names hold `/`; the key replaces it).
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -47,17 +45,10 @@ from pycocotools import mask as mask_utils
 
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
-from sa2va_shards.readers._safe_pickle import safe_load
+from sa2va_shards.readers.base import BaseReader
 from sa2va_shards.readers.sav import _spread
 from sa2va_shards.records import ItemRef, RawClip, bad_item
-from sa2va_shards.safe_io import (
-    DuplicateKeyDict,
-    duplicate_keys,
-    load_json,
-    load_setup_json,
-    open_regular,
-    read_data_file,
-)
+from sa2va_shards.safe_io import DuplicateKeyDict, duplicate_keys
 
 __all__ = ["LAYOUTS", "MevisReader", "RefYtvosReader", "RevosReader"]
 
@@ -71,11 +62,9 @@ LAYOUTS: dict[str, tuple[str, str, str]] = {
 
 
 @dataclass(frozen=True, kw_only=True)
-class _RefVideoReader:
+class _RefVideoReader(BaseReader):
     """Shared reader; the subclasses fix the format (`name`)."""
 
-    name: ClassVar[str] = ""
-    root: str
     #: expression file, mask file and frame folder relative to root; None: the format's layout.
     expressions: str | None = None
     masks: str | None = None
@@ -112,8 +101,8 @@ class _RefVideoReader:
         return items
 
     def _videos(self) -> dict:
-        path = Path(self.root) / self.expressions
-        doc, _ = load_setup_json(path, unreadable="cannot read the expression file",
+        path = self.path(self.expressions)
+        doc, _ = self.setup_json(self.expressions, unreadable="cannot read the expression file",
                                  missing="expression file not found (check reader.root and "
                                          "reader.options.expressions)")
         videos = doc.get("videos") if isinstance(doc, dict) else None
@@ -125,17 +114,11 @@ class _RefVideoReader:
 
     def _mask_dict(self) -> dict:
         """mask id -> per-frame RLEs; one file for the whole set, so a bad one stops the build."""
-        path = Path(self.root) / self.masks
-        try:
-            with open_regular(path) as f:
-                doc = (safe_load(f, name=path.name) if path.suffix in (".pkl", ".p", ".pickle")
-                       else load_json(f)[0])
-        except FileNotFoundError as e:
-            raise ConfigError(f"{path}: mask file not found (check reader.options.masks)") from e
-        except (OSError, ValueError, pickle.UnpicklingError) as e:
-            raise ConfigError(f"{path}: cannot read the mask file: {e}") from e
-        except SampleError as e:  # an unsafe or expanding pickle
-            raise ConfigError(f"{path}: {e.reason.value}: {e.detail}") from e
+        path = self.path(self.masks)
+        how = {"unreadable": "cannot read the mask file",
+               "missing": "mask file not found (check reader.options.masks)"}
+        doc = (self.setup_pickle(self.masks, **how) if path.suffix in (".pkl", ".p", ".pickle")
+               else self.setup_json(self.masks, **how)[0])
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: expected an object of mask ids, got {type(doc).__name__}")
         if all(isinstance(k, str) for k in doc):
@@ -182,13 +165,10 @@ class _RefVideoReader:
                   "video_frame_count": len(names), "format": self.name})
 
     def _frames(self, vid: str, names: list[str]) -> np.ndarray:
-        base = Path(self.root) / self.frames_dir
         frames = []
         for name in names:
-            rel = f"{vid}/{name}.jpg"
-            data = read_data_file(base, rel, shown=f"{self.frames_dir}/{rel}")
-            frames.append(ops.decode_image(data, max_pixels=self.max_pixels,
-                                           name=f"{self.frames_dir}/{rel}"))
+            shown, data = self.read_data(self.frames_dir, f"{vid}/{name}.jpg")
+            frames.append(ops.decode_image(data, max_pixels=self.max_pixels, name=shown))
         if len({f.shape for f in frames}) != 1:
             sizes = sorted({f.shape[:2] for f in frames})
             raise SampleError(Reason.CORRUPT_VIDEO,

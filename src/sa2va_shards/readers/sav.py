@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -29,15 +28,9 @@ import numpy as np
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
 from sa2va_shards.readers import sav_png
+from sa2va_shards.readers.base import BaseReader
 from sa2va_shards.records import ItemRef, RawClip, bad_item
-from sa2va_shards.safe_io import (
-    check_regular,
-    data_path,
-    duplicate_keys,
-    load_json,
-    load_setup_json,
-    read_data_file,
-)
+from sa2va_shards.safe_io import check_regular, data_path, duplicate_keys, load_json
 
 __all__ = ["ANNOTATION_STEP", "SavReader"]
 
@@ -49,12 +42,11 @@ FPS_TOLERANCE = 0.05
 
 
 @dataclass(frozen=True, kw_only=True)
-class SavReader:
+class SavReader(BaseReader):
     """Reads every `*_manual.json` under `<root>/<videos>` with its mp4 (or frame folder),
     plus object captions from a Ref-SAV expression file when `expressions` is set."""
 
     name: ClassVar[str] = "sav"
-    root: str
     videos: str = "."
     layout: Literal["mp4", "frames", "png"] = "mp4"
     #: folder of extracted frames (layout `frames`), relative to root.
@@ -92,7 +84,7 @@ class SavReader:
         50k videos; the JSON is read by the one task that builds the clip)."""
         if self.layout == "png":
             return sav_png.list_png_items(self)
-        base = Path(self.root) / self.videos
+        base = self.path(self.videos)
         if not base.is_dir():
             raise ConfigError(f"{base}: SA-V video folder not found (check reader.root)")
         captions, bad_captions = self._expressions()
@@ -117,8 +109,8 @@ class SavReader:
         without its captions)."""
         if self.expressions is None:
             return {}, {}
-        path = Path(self.root) / self.expressions
-        doc, dups = load_setup_json(path, unreadable="cannot read the expression file")
+        path = self.path(self.expressions)
+        doc, dups = self.setup_json(self.expressions, unreadable="cannot read the expression file")
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: expected an object of videos, got {type(doc).__name__}")
         captions, bad = {}, {}
@@ -159,7 +151,7 @@ class SavReader:
 
     def _annotation(self, ref: ItemRef) -> dict[str, Any]:
         rel = ref.data["annotation"]
-        data = read_data_file(self.root, rel, shown=rel, missing=Reason.BAD_ANNOTATION)
+        _, data = self.read_data("", rel, missing=Reason.BAD_ANNOTATION)
         try:
             doc, dups = load_json(data)
         except ValueError as e:
@@ -226,8 +218,7 @@ class SavReader:
         folder = f"{self.frames_dir}/{ref.source_id}"
         frames = []
         for i in frame_ids:
-            rel = f"{folder}/{i:05d}.jpg"
-            data = read_data_file(self.root, rel, shown=rel)
+            rel, data = self.read_data("", f"{folder}/{i:05d}.jpg")
             frames.append(ops.decode_image(data, max_pixels=self.max_pixels, name=rel))
         if len({f.shape for f in frames}) != 1:
             raise SampleError(Reason.CORRUPT_VIDEO, f"{folder}: frames differ in size")

@@ -24,7 +24,6 @@ from PIL import Image
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
 from sa2va_shards.records import ItemRef, RawClip, bad_item
-from sa2va_shards.safe_io import read_data_file
 
 if TYPE_CHECKING:
     from sa2va_shards.readers.sav import SavReader
@@ -42,7 +41,7 @@ def list_png_items(reader: SavReader) -> list[ItemRef]:
     objects and annotated frame names, from the listing alone."""
     if reader.expressions is not None:  # Ref-SAV captions index the train masklet columns
         raise ConfigError("sav layout png (val / test) takes no Ref-SAV `expressions`")
-    base = Path(reader.root) / reader.annotations_dir
+    base = reader.path(reader.annotations_dir)
     if not base.is_dir():
         raise ConfigError(f"{base}: SA-V annotation folder not found (check reader.root and "
                           "reader.options.annotations_dir)")
@@ -53,7 +52,7 @@ def list_png_items(reader: SavReader) -> list[ItemRef]:
 def _video_ids(reader: SavReader, base: Path) -> list[str]:
     if reader.video_list is None:
         return [n for n in _names(base) if (base / n).is_dir()]
-    path = Path(reader.root) / reader.video_list
+    path = reader.path(reader.video_list)
     try:
         text = path.read_text()
     except OSError as e:
@@ -117,9 +116,7 @@ def load_png_clip(reader: SavReader, ref: ItemRef) -> RawClip:
 def _png_rle(reader: SavReader, rel: str, h: int, w: int) -> dict:
     """One object's mask PNG as a compressed RLE at the PNG's size (a size other than the
     frame's is a `mask_size_mismatch` in the transform)."""
-    shown = f"{reader.annotations_dir}/{rel}"
-    data = read_data_file(Path(reader.root) / reader.annotations_dir, rel, shown=shown,
-                          missing=Reason.BAD_SEGMENTATION)
+    shown, data = reader.read_data(reader.annotations_dir, rel, missing=Reason.BAD_SEGMENTATION)
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.width * im.height > reader.max_pixels:
