@@ -20,6 +20,13 @@ def test_library_imports_without_ray():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_readers_import_no_synth_code():
+    """The synthesisers are fixtures: a build (readers, shard job) never loads them."""
+    code = ("import sys, sa2va_shards.readers, sa2va_shards.build.shard; "
+            "assert not [m for m in sys.modules if m.startswith('sa2va_shards.synth')]")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_pipeline_package_is_this_projects():
     import pipeline
 
