@@ -109,9 +109,9 @@ def _synth_fault(doc: dict, out_dir: Path, rng: np.random.Generator, *, image_id
         doc["images"][-1].update(height=h + 10)
         seg, bbox = [common.ellipse_polygon(100, 80, 50, 40)], [50.0, 40.0, 100.0, 80.0]
     elif fault == "bad_rle":
-        seg = {"size": [h, w], "counts": seg["counts"][: len(seg["counts"]) // 2] + "zz"}
+        seg = common.truncated_rle(seg)
     elif fault == "bad_polygon":
-        seg = [[10.0, 10.0, 50.0, 50.0]]
+        seg = common.BAD_POLYGON
     elif fault == "duplicate_id":
         doc["images"].append(dict(doc["images"][-1]))
     elif fault in ("empty_mask", "polygon_outside"):  # an extra object with no pixels
