@@ -12,7 +12,7 @@ from pycocotools import mask as mask_utils
 from sa2va_shards import ops
 from sa2va_shards.synth import common
 
-__all__ = ["COCO_FAULTS", "write"]
+__all__ = ["CATEGORIES", "COCO_FAULTS", "write"]
 
 #: fault kinds `write` can inject (each adds one bad image next to the good ones).
 COCO_FAULTS = (
@@ -31,7 +31,7 @@ def write(out_dir: Path, *, n_items: int = 24, seed: int = 0,
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
     doc = {"images": [], "annotations": [],
-           "categories": [{"id": i + 1, "name": n} for i, n in enumerate(_CATEGORIES)]}
+           "categories": [{"id": i + 1, "name": n} for i, n in enumerate(CATEGORIES)]}
     for i in range(n_items):
         _synth_image(doc, out_dir, rng, image_id=i + 1)
     for j, fault in enumerate(faults):
@@ -40,7 +40,8 @@ def write(out_dir: Path, *, n_items: int = 24, seed: int = 0,
     return out_dir
 
 
-_CATEGORIES = ("person", "dog", "cat", "car", "chair", "cup")
+#: category names; a category's id is its index + 1.
+CATEGORIES = ("person", "dog", "cat", "car", "chair", "cup")
 _MODES = ("RGB", "RGB", "L", "RGB", "CMYK", "RGB")
 
 
@@ -72,7 +73,7 @@ def _synth_image(doc: dict, out_dir: Path, rng: np.random.Generator, *, image_id
                                                            mode=mode), h, w)
     for j, (kind, shape) in enumerate(common.random_objects(rng, h, w, int(rng.integers(1, 6)))):
         seg, bbox = _segmentation(kind, shape, h, w, style=(image_id + j) % 3)
-        _add_ann(doc, image_id, seg, bbox, cat=int(rng.integers(1, len(_CATEGORIES) + 1)),
+        _add_ann(doc, image_id, seg, bbox, cat=int(rng.integers(1, len(CATEGORIES) + 1)),
                  crowd=int(isinstance(seg, dict) and isinstance(seg["counts"], list)))
     if image_id % 3 == 0:  # a few-pixel object: K = 0 under nearest
         seg, bbox = _segmentation("box", common.tiny_box(h, w), h, w, style=1)
