@@ -24,7 +24,7 @@ from pycocotools import mask as mask_utils
 
 from sa2va_shards.build.run import run_build
 from sa2va_shards.config import parse_config
-from sa2va_shards.readers import _synth
+from sa2va_shards.synth import common
 
 
 def make_dataset(root: Path, n: int, h: int, w: int, n_obj: int, seed: int = 0) -> Path:
@@ -35,13 +35,13 @@ def make_dataset(root: Path, n: int, h: int, w: int, n_obj: int, seed: int = 0) 
     doc = {"images": [], "annotations": [], "categories": [{"id": 1, "name": "thing"}]}
     for i in range(n):
         (root / "images" / f"{i:06d}.jpg").write_bytes(
-            _synth.encode_image(_synth.make_image(rng, h, w)))
+            common.encode_image(common.make_image(rng, h, w)))
         doc["images"].append({"id": i, "file_name": f"{i:06d}.jpg", "height": h, "width": w})
-        for j, (kind, shape) in enumerate(_synth.random_objects(rng, h, w, n_obj)):
+        for j, (kind, shape) in enumerate(common.random_objects(rng, h, w, n_obj)):
             if kind == "ellipse":
-                seg = [_synth.ellipse_polygon(*shape)]
+                seg = [common.ellipse_polygon(*shape)]
             else:
-                m = _synth.box_mask(h, w, *shape)
+                m = common.box_mask(h, w, *shape)
                 seg = mask_utils.encode(np.asfortranarray(m))
                 seg = {"size": [h, w], "counts": seg["counts"].decode()}
             doc["annotations"].append({"id": i * 1000 + j, "image_id": i, "category_id": 1,
@@ -136,12 +136,12 @@ def scenario(tmp: Path, n: int, h: int, w: int, n_obj: int, ray_on: bool) -> lis
 
 
 def make_clips(root: Path, n: int, h: int, w: int, n_frames: int, n_obj: int) -> Path:
-    """SA-V layout: H.264 mp4 + _manual.json per clip (the reader's own synth, at this size)."""
-    from sa2va_shards.readers.sav import _write_clip
+    """SA-V layout: H.264 mp4 + _manual.json per clip (the SA-V synthesiser, at this size)."""
+    from sa2va_shards.synth.sav import write_clip
 
     rng = np.random.default_rng(0)
     for i in range(n):
-        _write_clip(root, f"sav_{i + 1:06d}", rng, n_frames=n_frames, size=(h, w), n_obj=n_obj)
+        write_clip(root, f"sav_{i + 1:06d}", rng, n_frames=n_frames, size=(h, w), n_obj=n_obj)
     return root
 
 

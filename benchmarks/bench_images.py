@@ -34,7 +34,7 @@ import torch
 from PIL import Image
 
 from sa2va_shards import ops
-from sa2va_shards.readers import _synth
+from sa2va_shards.synth import common as _synth
 
 SMALL = ((480, 640), (640, 480), (427, 640), (480, 640), (375, 500), (640, 427))
 LARGE = ((1500, 2250),)

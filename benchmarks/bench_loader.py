@@ -42,7 +42,7 @@ from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader
 from sa2va_shards.loader.batch import IMAGENET_MEAN, IMAGENET_STD, to_device
 from sa2va_shards.loader.encode import Encoder
 from sa2va_shards.loader.prompts import image_prompt, regions_header
-from sa2va_shards.readers import synth_dataset
+from sa2va_shards.synth import synth_dataset
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.helpers.tokenizer import tiny_tokenizer  # noqa: E402 - a local BPE, no download

@@ -25,7 +25,7 @@ from sa2va_shards.build.run import run_build
 from sa2va_shards.config import parse_config
 from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader
 from sa2va_shards.loader.mixture import MixSource, Mixture
-from sa2va_shards.readers import synth_dataset
+from sa2va_shards.synth import synth_dataset
 
 #: the shuffle buffer is set to one shard's samples, the ratio of the defaults (256 : 256)
 CFG = LoaderConfig(gt_masks="image", shuffle_buffer=64)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sa2va_shards.build.run import run_build
 from sa2va_shards.config import parse_config
-from sa2va_shards.readers import synth_dataset
+from sa2va_shards.synth import synth_dataset
 
 
 def _time_build(raw: Path, out: Path, runner: str, num_cpus: int) -> tuple[float, str]:

@@ -33,7 +33,7 @@ TASKS = ("mask_to_caption", "caption_to_mask")
 def build(out: Path) -> None:
     from sa2va_shards.build.run import run_build
     from sa2va_shards.config import parse_config
-    from sa2va_shards.readers import synth_dataset
+    from sa2va_shards.synth import synth_dataset
 
     for fmt, n, options in (("coco", 48, {}), ("sav", 4, {"expressions": "sam_v_final_v3.json"})):
         raw = synth_dataset(fmt, out / "raw" / fmt, n_items=n, seed=0)

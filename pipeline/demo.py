@@ -8,7 +8,8 @@ from pathlib import Path
 
 from sa2va_shards.build import BuildResult, make_runner, run_build
 from sa2va_shards.config import parse_config
-from sa2va_shards.readers import READERS, synth_dataset
+from sa2va_shards.readers import READERS
+from sa2va_shards.synth import synth_dataset
 from sa2va_shards.verify import VerifyReport, verify_build
 
 __all__ = ["DEMO_SETS", "DemoBuild", "run_demo"]

@@ -21,7 +21,7 @@ from sa2va_shards.build.run import run_build
 from sa2va_shards.config import load_config
 from sa2va_shards.loader.dataset import LoaderConfig, ShardDataset
 from sa2va_shards.loader.mixture import load_mixture
-from sa2va_shards.readers import synth_dataset
+from sa2va_shards.synth import synth_dataset
 
 __all__ = ["RECIPE", "SYNTH", "ProportionRow", "build_miniature", "proportions"]
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from sa2va_shards.readers import synth_dataset
+from sa2va_shards.synth import synth_dataset
 
 try:  # property tests: the same examples on every run (CI must not fail at random); set
     # HYPOTHESIS_PROFILE=explore to search new ones

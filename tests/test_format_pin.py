@@ -19,7 +19,7 @@ from sa2va_shards.build import run_build
 from sa2va_shards.build.provenance import code_fingerprint
 from sa2va_shards.config import parse_config
 from sa2va_shards.format import SCHEMA_VERSION, image_members, iter_samples
-from sa2va_shards.readers import synth_dataset
+from sa2va_shards.synth import synth_dataset
 
 PIN = Path(__file__).parent / "data" / "format_pin.json"
 SETS = (("coco", 8, ("bad_rle", "empty_mask")), ("osprey", 4, ()), ("refcoco", 4, ()))

@@ -20,6 +20,13 @@ def test_library_imports_without_ray():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
+def test_readers_import_no_synth_code():
+    """The synthesisers are fixtures: a build (readers, shard job) never loads them."""
+    code = ("import sys, sa2va_shards.readers, sa2va_shards.build.shard; "
+            "assert not [m for m in sys.modules if m.startswith('sa2va_shards.synth')]")
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
 def test_pipeline_package_is_this_projects():
     import pipeline
 
@@ -87,7 +94,7 @@ from sa2va_shards.build import make_runner, run_build
 from sa2va_shards.config import parse_config
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.loader import LoaderConfig, ShardDataset
-from sa2va_shards.readers import synth_dataset
+from sa2va_shards.synth import synth_dataset
 
 raw = synth_dataset('coco', {str(tmp_path / 'raw')!r}, n_items=6, seed=0)
 cfg = parse_config({{'dataset': 'noray', 'reader': {{'format': 'coco', 'root': str(raw)}},

@@ -18,7 +18,7 @@ from sa2va_shards.build.provenance import code_fingerprint, files_fingerprint
 from sa2va_shards.build.run import run_build
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.manifest import SHARD_SCHEMA
-from sa2va_shards.readers import synth_dataset
+from sa2va_shards.synth import synth_dataset
 from sa2va_shards.verify import verify_build
 from sa2va_shards.versions import list_versions
 from tests.helpers import make_config

@@ -18,7 +18,7 @@ from torch import nn
 from sa2va_shards.build.run import run_build
 from sa2va_shards.config import VisionConfig
 from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader
-from sa2va_shards.readers.coco import _CATEGORIES
+from sa2va_shards.synth.coco import CATEGORIES
 from tests.helpers import make_config
 
 
@@ -38,7 +38,7 @@ class TinyInternVL(nn.Module):
     """Patch conv + pixel shuffle + projection, a region classifier and a 16x16 mask head."""
 
     def __init__(self, vision: VisionConfig, *, channels: int = 8, dim: int = 32,
-                 classes: int = len(_CATEGORIES)) -> None:
+                 classes: int = len(CATEGORIES)) -> None:
         super().__init__()
         self.vision = vision
         self.patch = nn.Conv2d(3, channels, vision.patch_size, stride=vision.patch_size)
@@ -81,7 +81,7 @@ class TinyInternVL(nn.Module):
             for j in range(len(k)):  # exactly K_i vectors belong to region j
                 assert int((owner == j).sum()) == int(k[j])
             pooled = torch.zeros(len(k), sel.shape[1]).index_add_(0, owner, sel) / k[:, None]
-            labels = torch.tensor([_CATEGORIES.index(o["category"]) for o in batch["objects"][i]])
+            labels = torch.tensor([CATEGORIES.index(o["category"]) for o in batch["objects"][i]])
             losses.append(F.cross_entropy(self.cls(pooled), labels))
             gt = F.interpolate(batch["image_masks"][i][None].float(), size=prompt.shape[-2:],
                                mode="nearest")[0]  # the 16x16 target: the prompt grid

@@ -184,19 +184,14 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def _fault_names() -> dict[str, tuple[str, ...]]:
-    """format -> the faults its `synth` can inject (each reader module's `*_FAULTS` tuple)."""
-    from sa2va_shards.readers import READERS
+    """format -> the faults its synthesiser can inject."""
+    from sa2va_shards.synth import SYNTHS
 
-    faults = {}
-    for name, cls in sorted(READERS.items()):
-        module = sys.modules[cls.__module__]
-        faults[name] = next((v for k, v in vars(module).items() if k.endswith("_FAULTS")
-                             and not k.startswith("_") and isinstance(v, tuple)), ())
-    return faults
+    return {name: synth.faults for name, synth in sorted(SYNTHS.items())}
 
 
 def cmd_synth(args: argparse.Namespace) -> int:
-    from sa2va_shards.readers import synth_dataset
+    from sa2va_shards.synth import synth_dataset
 
     known = _fault_names()
     if args.format not in known:

@@ -10,9 +10,10 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, get_args, get_type_hints
+from typing import Any, Literal, Union, get_args, get_origin, get_type_hints
 
 import yaml
 
@@ -29,6 +30,7 @@ __all__ = [
     "K_ZERO_POLICIES",
     "load_config",
     "parse_config",
+    "reader_options",
 ]
 
 Interpolation = Literal["bicubic", "bilinear"]
@@ -143,27 +145,66 @@ class BuildConfig:
         return d
 
 
-def _check_keys(cls: type, data: dict[str, Any], path: str) -> None:
-    names = [f.name for f in dataclasses.fields(cls)]
+def _check_keys(cls: type, data: dict[str, Any], path: str,
+                names: list[str] | None = None) -> None:
+    """Every key of `data` names a field of `cls` (or one of `names`); else the key's path and
+    the closest name."""
+    names = [f.name for f in dataclasses.fields(cls)] if names is None else names
     for key in data:
         if key not in names:
-            close = difflib.get_close_matches(key, names, n=1)
+            close = difflib.get_close_matches(str(key), names, n=1)
             hint = f"; did you mean {close[0]}?" if close else f"; known keys: {', '.join(names)}"
             raise ConfigError(f"{path}{key}: unknown key{hint}")
 
 
+def _type_name(hint: Any) -> str:
+    if hint is type(None):
+        return "None"
+    if get_origin(hint) is tuple:
+        return f"a list of {_type_name(get_args(hint)[0])}"
+    base = get_origin(hint) or hint
+    return getattr(base, "__name__", str(base))
+
+
+def _check_union(value: Any, hint: Any, path: str) -> Any:
+    """`X | None` and other unions: the value as the first member type that takes it."""
+    for member in get_args(hint):
+        try:
+            return _check_type(value, member, path)
+        except ConfigError:
+            continue
+    names = " or ".join(_type_name(m) for m in get_args(hint))
+    raise ConfigError(f"{path}: expected {names}, got {value!r}")
+
+
+def _check_tuple(value: Any, hint: Any, path: str) -> tuple:
+    """`tuple[X, ...]`: YAML writes a list; one item may be written alone (`files: a.json`)."""
+    item = get_args(hint)[0]
+    items = value if isinstance(value, list | tuple) else [value]
+    try:
+        return tuple(_check_type(v, item, f"{path}[{i}]") for i, v in enumerate(items))
+    except ConfigError as e:
+        raise ConfigError(f"{path}: expected {_type_name(hint)}, got {value!r}") from e
+
+
 def _check_type(value: Any, hint: Any, path: str) -> Any:
-    choices = get_args(hint) if getattr(hint, "__origin__", None) is Literal else None
+    if hint is Any:
+        return value
+    if get_origin(hint) in (Union, types.UnionType):
+        return _check_union(value, hint, path)
+    if get_origin(hint) is tuple:
+        return _check_tuple(value, hint, path)
+    choices = get_args(hint) if get_origin(hint) is Literal else None
     if choices:
         if value not in choices:
             raise ConfigError(f"{path}: {value!r} is not one of {', '.join(map(str, choices))}")
         return value
     if hint is float and isinstance(value, int) and not isinstance(value, bool):
         return float(value)
-    base = getattr(hint, "__origin__", hint)
+    base = get_origin(hint) or hint
     wrong_type = isinstance(base, type) and not isinstance(value, base)
     if wrong_type or isinstance(value, bool) and base is int:
-        raise ConfigError(f"{path}: expected {getattr(base, '__name__', base)}, got {value!r}")
+        raise ConfigError(f"{path}: expected {_type_name(base)}, got {value!r}")
     return value
 
 
@@ -185,6 +226,36 @@ def _build(cls: type, data: Any, path: str) -> Any:
         return cls(**kwargs)
     except TypeError as e:  # a required key is missing
         raise ConfigError(f"{path.rstrip('.') or 'config'}: {e}") from e
+
+
+#: reader fields that are not reader options: the build sets them from these keys.
+_READER_FIELDS_SET_ELSEWHERE = {"root": "reader.root", "max_pixels": "image.max_pixels"}
+
+
+def reader_options(cls: type, options: dict[str, Any]) -> dict[str, Any]:
+    """`reader.options` checked against the fields of the reader dataclass `cls` as every
+    other section is checked (key path, closest name, type), as keyword arguments for it.
+
+    Raises:
+        ConfigError: an unknown key, a field set elsewhere (root, max_pixels), a wrong type.
+    """
+    path = "reader.options."
+    for key, where in _READER_FIELDS_SET_ELSEWHERE.items():
+        if key in options:
+            raise ConfigError(f"{path}{key}: not a reader option; it is set by {where}")
+    names = [f.name for f in dataclasses.fields(cls) if f.init
+             and f.name not in _READER_FIELDS_SET_ELSEWHERE]
+    _check_keys(cls, options, path, names)
+    hints = get_type_hints(cls)
+    return {key: _check_type(value, hints[key], f"{path}{key}") for key, value in options.items()}
+
+
+def _check_reader(cfg: ReaderConfig) -> None:
+    """Build the reader once, so an unknown format, a bad option or a bad option value fails
+    at parse time, before a build writes anything (it reads no file)."""
+    from sa2va_shards.readers import get_reader  # the readers import this module
+
+    get_reader(cfg)
 
 
 def _check_positive(cfg: BuildConfig) -> None:
@@ -248,7 +319,8 @@ def parse_config(data: dict[str, Any], *, base_dir: Path | None = None) -> Build
     working directory, as any flag.
 
     Raises:
-        ConfigError: on an unknown key (with a suggestion), a wrong type or a bad value.
+        ConfigError: on an unknown key (with a suggestion), a wrong type or a bad value, in
+            `reader.options` too (checked against the reader's own fields).
     """
     cfg = _build(BuildConfig, data, "")
     if base_dir is not None and not Path(cfg.reader.root).is_absolute():
@@ -257,6 +329,7 @@ def parse_config(data: dict[str, Any], *, base_dir: Path | None = None) -> Build
     if base_dir is not None and not Path(cfg.out).is_absolute():  # as root: the file's folder
         cfg = dataclasses.replace(cfg, out=str((base_dir / cfg.out).resolve()))
     _validate(cfg)
+    _check_reader(cfg.reader)
     return cfg
 
 

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from sa2va_shards.build.run import run_build
-from sa2va_shards.readers.coco import COCO_FAULTS
+from sa2va_shards.synth.coco import COCO_FAULTS
 from tests.helpers import make_config
 
 REJECTED = {

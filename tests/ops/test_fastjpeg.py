@@ -14,7 +14,7 @@ from sa2va_shards import errors as ops_errors
 from sa2va_shards import ops
 from sa2va_shards.build.run import run_build
 from sa2va_shards.ops import fastjpeg
-from sa2va_shards.readers import _synth
+from sa2va_shards.synth import common as _synth
 from tests.helpers import make_config
 
 pytestmark = pytest.mark.skipif(not fastjpeg.available(), reason="simplejpeg not installed")

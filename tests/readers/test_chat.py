@@ -25,8 +25,8 @@ from sa2va_shards.errors import ConfigError
 from sa2va_shards.loader import CorruptDataWarning, LoaderConfig, ShardDataset, ShardLoader
 from sa2va_shards.loader.encode import Encoder
 from sa2va_shards.readers import get_reader
-from sa2va_shards.readers._chat_synth import CHATUNIVI_FAULTS, LLAVA_FAULTS
 from sa2va_shards.readers.chatunivi import segment_frames
+from sa2va_shards.synth.chat import CHATUNIVI_FAULTS, LLAVA_FAULTS
 from tests.helpers.sa2va_model import fill_slots
 from tests.helpers.shards import check_faults, read_shards
 from tests.helpers.tokenizer import tiny_tokenizer

@@ -12,6 +12,7 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from sa2va_shards.build.run import run_build
@@ -19,9 +20,19 @@ from sa2va_shards.config import ReaderConfig
 from sa2va_shards.errors import ConfigError, Reason, SampleError
 from sa2va_shards.readers import get_reader
 from sa2va_shards.readers._safe_pickle import safe_loads
-from sa2va_shards.readers.describe_anything import DAM_FAULTS, DescribeAnythingReader
+from sa2va_shards.readers.describe_anything import DescribeAnythingReader
+from sa2va_shards.synth import synth_dataset
+from sa2va_shards.synth.common import encode_image, make_image
+from sa2va_shards.synth.describe_anything import DAM_FAULTS, write_tar
 from tests.helpers import make_config
-from tests.helpers.shards import check_faults, check_prompt_masks, decode_raw, read_shards
+from tests.helpers.hostile import touch_exploit
+from tests.helpers.shards import (
+    check_faults,
+    check_prompt_masks,
+    decode_raw,
+    read_rejects,
+    read_shards,
+)
 
 N_ITEMS = 9
 EXPECTED_REASON = {
@@ -178,7 +189,23 @@ def test_build_accounts_for_every_record_and_rejects_each_fault_with_its_reason(
     check_faults(build, {**frames, **{f"COCOStuff_fault_{f}": r
                                       for f, r in EXPECTED_REASON.items()}}, {})
     assert build.counts["read"] == N_ITEMS + len(DAM_FAULTS)
-    assert not (raw / "PWNED").exists()  # the unsafe pickle was refused, not executed
+
+
+def test_an_exploit_pickle_in_a_tar_is_a_reject_and_never_runs(tmp_path):
+    """A record whose pickle would run `os.system` under plain pickle: rejected as
+    `unsafe_pickle` naming the call, nothing executed, the other records built."""
+    marker = tmp_path / "PWNED"
+    root = synth_dataset("describe_anything", tmp_path / "raw", n_items=2, seed=1)
+    write_tar(root / "COCOStuff" / "images" / "COCOStuff-0009.tar", [
+        {"evil.jpg": encode_image(make_image(np.random.default_rng(0), 40, 50)),
+         "evil.pickle": touch_exploit(marker)}])
+    build = run_build(make_config(root, tmp_path / "out", fmt="describe_anything"),
+                      runner="serial", progress=False)
+    assert build.counts["written"] == 2
+    assert build.counts["rejected_by_reason"] == {"unsafe_pickle": 1}
+    (row,) = read_rejects(build.build_dir)
+    assert row["source_id"] == "COCOStuff_evil" and "os.system" in row["detail"]
+    assert not marker.exists()
 
 
 def test_prompt_masks_and_k_equal_torch_nearest_on_the_raw_records(raw, build):

@@ -152,12 +152,13 @@ regions = _record({"caption": st.text(max_size=10), "mask_rle": rles})
 def test_any_dam_pickle_is_loaded_without_a_raw_exception(good_jpg, payload, protocol):
     import pickle
 
-    from sa2va_shards.readers.describe_anything import DescribeAnythingReader, _write_tar
+    from sa2va_shards.readers.describe_anything import DescribeAnythingReader
+    from sa2va_shards.synth.describe_anything import write_tar
 
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        _write_tar(root / "S" / "images" / "S-0000.tar",
-                   [{"k.jpg": good_jpg, "k.pickle": pickle.dumps(payload, protocol=protocol)}])
+        write_tar(root / "S" / "images" / "S-0000.tar",
+                  [{"k.jpg": good_jpg, "k.pickle": pickle.dumps(payload, protocol=protocol)}])
         reader = DescribeAnythingReader(root=str(root))
         _check_items(reader, reader.list_items(), root)
 

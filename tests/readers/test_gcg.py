@@ -36,8 +36,8 @@ from sa2va_shards.errors import ConfigError
 from sa2va_shards.loader import LoaderConfig, ShardDataset
 from sa2va_shards.loader.grounded import gcg_answer
 from sa2va_shards.readers import get_reader
-from sa2va_shards.readers._gcg_synth import FAULT_FILE, GCG_FAULTS
 from sa2va_shards.readers.gcg import GCG_FILES, find_span
+from sa2va_shards.synth.gcg import FAULT_FILE, GCG_FAULTS
 from tests.helpers import make_config
 from tests.helpers.shards import check_faults, decode_raw, read_rejects, read_shards
 

@@ -22,17 +22,36 @@ from hypothesis import strategies as st
 from sa2va_shards.build.plan import plan_shards
 from sa2va_shards.build.run import run_build
 from sa2va_shards.errors import Reason, SampleError
+from sa2va_shards.readers._safe_pickle import safe_loads
 from sa2va_shards.readers.describe_anything import DescribeAnythingReader
 from sa2va_shards.readers.osprey import OspreyReader
 from sa2va_shards.readers.refcoco import RefCocoReader
 from sa2va_shards.readers.sav import SavReader
 from sa2va_shards.records import BAD_ITEM
+from sa2va_shards.synth.common import refused_pickle
 from tests.helpers import make_config
+from tests.helpers.hostile import touch_exploit
 from tests.helpers.shards import read_rejects
 
 
 def _bad(items) -> dict[str, dict]:
     return {i.source_id: i.data[BAD_ITEM] for i in items if BAD_ITEM in i.data}
+
+
+# --- pickles: the package's fault is harmless, the tests' exploit is real ---------------------
+
+def test_the_synth_fault_pickle_is_refused_yet_harmless_and_the_test_exploit_is_real(tmp_path):
+    """The installed package ships no code-running pickle: its `unsafe_pickle` fault names a
+    class (refused, harmless under plain pickle). The os.system exploit the hostile tests feed
+    the readers really runs under plain pickle, so their 'never ran' checks mean something."""
+    fault = refused_pickle([{"caption": "x"}])
+    with pytest.raises(SampleError) as info:
+        safe_loads(fault, name="fault.pickle")
+    assert info.value.reason is Reason.UNSAFE_PICKLE
+    assert pickle.loads(fault) == {"data": [{"caption": "x"}]}
+    marker = tmp_path / "ran"
+    pickle.loads(touch_exploit(marker))  # noqa: S301 - our own exploit, run on purpose
+    assert marker.exists()
 
 
 # --- Describe-Anything: damaged tars ---------------------------------------------------------
@@ -328,11 +347,11 @@ def test_a_dam_caption_of_the_wrong_type_is_a_reject(caption):
 def test_a_clip_with_more_than_256_masks_is_built(tmp_path):
     """8 frames x 40 masklets = 320 masks in one sample: past pycocotools' uint8 area count,
     which made every such clip an `unexpected_error`."""
-    from sa2va_shards.readers.sav import _write_clip
+    from sa2va_shards.synth.sav import write_clip
 
     root = tmp_path / "raw"
-    _write_clip(root, "sav_000001", np.random.default_rng(0), n_frames=32, n_obj=40,
-                size=(240, 320))
+    write_clip(root, "sav_000001", np.random.default_rng(0), n_frames=32, n_obj=40,
+               size=(240, 320))
     out = run_build(make_config(root, tmp_path / "out", fmt="sav"), runner="serial",
                     progress=False)
     assert out.counts["written"] == 1, read_rejects(out.build_dir)

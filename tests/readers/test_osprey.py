@@ -15,7 +15,8 @@ from sa2va_shards.build.run import run_build
 from sa2va_shards.config import ReaderConfig
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.readers import get_reader
-from sa2va_shards.readers.osprey import OSPREY_FAULTS, OSPREY_FILES, OspreyReader
+from sa2va_shards.readers.osprey import OSPREY_FILES, OspreyReader
+from sa2va_shards.synth.osprey import OSPREY_FAULTS
 from tests.helpers import make_config
 from tests.helpers.shards import (
     check_faults,

@@ -15,9 +15,12 @@ import pytest
 from sa2va_shards.build.run import run_build
 from sa2va_shards.config import ReaderConfig
 from sa2va_shards.errors import ConfigError
-from sa2va_shards.readers import get_reader, synth_dataset
-from sa2va_shards.readers.refcoco import REFCOCO_FAULTS, RefCocoReader
+from sa2va_shards.readers import get_reader
+from sa2va_shards.readers.refcoco import RefCocoReader
+from sa2va_shards.synth import synth_dataset
+from sa2va_shards.synth.refcoco import REFCOCO_FAULTS
 from tests.helpers import make_config
+from tests.helpers.hostile import touch_exploit
 from tests.helpers.shards import check_faults, check_prompt_masks, decode_raw, read_shards
 
 N_ITEMS = 12
@@ -101,9 +104,13 @@ def test_wrong_split_missing_files_and_variant(raw, tmp_path):
 
 def test_unsafe_refs_pickle_stops_the_build_and_is_never_executed(tmp_path):
     raw = synth_dataset("refcoco", tmp_path / "raw", n_items=3, faults=("unsafe_pickle",))
-    with pytest.raises(ConfigError, match="unsafe_pickle.*system"):
+    with pytest.raises(ConfigError, match="unsafe_pickle.*collections.OrderedDict"):
         _reader(raw).list_items()
-    assert not (raw / "PWNED").exists()
+    marker = tmp_path / "PWNED"
+    (raw / "refs(unc).p").write_bytes(touch_exploit(marker))  # a real os.system exploit
+    with pytest.raises(ConfigError, match="unsafe_pickle.*os.system"):
+        _reader(raw).list_items()
+    assert not marker.exists()
 
 
 def test_reader_pickles_for_ray(raw):

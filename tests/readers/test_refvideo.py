@@ -20,9 +20,11 @@ from sa2va_shards.build.run import run_build
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader
 from sa2va_shards.readers import READERS, get_reader
-from sa2va_shards.readers.refvideo import LAYOUTS, REFVIDEO_FAULTS
+from sa2va_shards.readers.refvideo import LAYOUTS
+from sa2va_shards.synth.refvideo import REFVIDEO_FAULTS
 from sa2va_shards.verify import verify_build
 from tests.helpers import make_config
+from tests.helpers.hostile import touch_exploit
 from tests.helpers.shards import read_rejects, read_shards
 
 FORMATS = ("mevis", "revos", "refytvos")
@@ -200,9 +202,10 @@ def test_setup_faults_are_config_errors(synth, tmp_path):
     root = tmp_path / "raw"
     shutil.copytree(raw, root)
     cfg = make_config(root, tmp_path, fmt="refytvos").reader
-    (root / "mask_dict.pkl").write_bytes(b"cos\nsystem\n(Vtouch /tmp/x\ntR.")
-    with pytest.raises(ConfigError, match="unsafe_pickle"):
+    (root / "mask_dict.pkl").write_bytes(touch_exploit(tmp_path / "ran"))
+    with pytest.raises(ConfigError, match="unsafe_pickle.*os.system"):
         get_reader(cfg).list_items()
+    assert not (tmp_path / "ran").exists()
     (root / "mask_dict.pkl").unlink()
     with pytest.raises(ConfigError, match="mask file not found"):
         get_reader(cfg).list_items()

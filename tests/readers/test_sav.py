@@ -17,7 +17,8 @@ from sa2va_shards.build.run import run_build
 from sa2va_shards.errors import ConfigError, SampleError
 from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader
 from sa2va_shards.readers import get_reader
-from sa2va_shards.readers.sav import ANNOTATION_STEP, SAV_FAULTS, _check_rotation
+from sa2va_shards.readers.sav import ANNOTATION_STEP, _check_rotation
+from sa2va_shards.synth.sav import SAV_FAULTS
 from sa2va_shards.verify import verify_build
 from sa2va_shards.viz import render_overlay
 from tests.helpers import make_config

@@ -15,7 +15,7 @@ from PIL import Image
 
 from sa2va_shards.build.run import run_build
 from sa2va_shards.readers import get_reader
-from sa2va_shards.readers.sav_png import PNG_FAULTS, break_png_layout
+from sa2va_shards.synth.sav import PNG_FAULTS, break_png_layout
 from sa2va_shards.verify import verify_build
 from tests.helpers import make_config
 from tests.helpers.shards import read_rejects, read_shards

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from sa2va_shards.errors import Level, Reason
-from sa2va_shards.records import BAD_ITEM, ItemRef, RejectRecord, ShardPlan
 from sa2va_shards.format import sample_key
+from sa2va_shards.records import BAD_ITEM, ItemRef, RejectRecord, ShardPlan
 
 __all__ = ["id_problem", "plan_shards", "printable_id", "shard_name"]
 

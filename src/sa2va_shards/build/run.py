@@ -12,9 +12,9 @@ import logging
 import platform
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from collections.abc import Callable
 from pathlib import Path
 
 from sa2va_shards import __version__
@@ -25,6 +25,7 @@ from sa2va_shards.build.runners import Runner, make_runner, ray_available
 from sa2va_shards.build.shard import process_shard
 from sa2va_shards.config import BuildConfig
 from sa2va_shards.errors import BuildAborted, ConfigError
+from sa2va_shards.format import SCHEMA_VERSION, preprocessing_block
 from sa2va_shards.manifest import (
     CARD,
     PROGRESS_DIR,
@@ -38,7 +39,6 @@ from sa2va_shards.manifest import (
 )
 from sa2va_shards.readers import get_reader
 from sa2va_shards.records import RejectRecord, ShardPlan, ShardResult
-from sa2va_shards.format import SCHEMA_VERSION, preprocessing_block
 from sa2va_shards.versions import read_latest, set_latest
 
 __all__ = ["AUTO_SERIAL_MAX_INPUTS", "BuildResult", "run_build"]
@@ -187,8 +187,9 @@ def run_build(cfg: BuildConfig, *, runner: str | Runner = "ray",
              len(items), t_index, len(plans), version,
              f" (partial: first {limit} of {partial['inputs_available']})" if partial else "")
     del items  # the plans hold what the tasks need
-    run = _Run(runner=runner, shard_fn=shard_fn, address=address, num_cpus=num_cpus, cpus_per_task=cpus_per_task,
-               resume=resume, progress=progress, log_json=log_json, partial=partial)
+    run = _Run(runner=runner, shard_fn=shard_fn, address=address, num_cpus=num_cpus,
+               cpus_per_task=cpus_per_task, resume=resume, progress=progress,
+               log_json=log_json, partial=partial)
     try:
         with _build_lock(build_dir):
             return _build_locked(cfg, plans, plan_rejects, (fingerprint, files), version,

@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 
 from sa2va_shards import ops
+from sa2va_shards.build.transform import _meta, _tile_images
 from sa2va_shards.config import BuildConfig
 from sa2va_shards.errors import Reason, SampleError
-from sa2va_shards.records import RawClip, RawSample
 from sa2va_shards.format import ProcessedSample, sample_key
-from sa2va_shards.build.transform import _meta, _tile_images
+from sa2va_shards.records import RawClip, RawSample
 
 __all__ = ["is_chat_raw", "transform_chat"]
 

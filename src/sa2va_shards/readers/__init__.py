@@ -1,20 +1,22 @@
 """Raw-dataset readers, one module per published format, and their registry.
 
-A reader is a frozen, picklable dataclass (Ray ships it to workers) with:
+A reader is a frozen, picklable dataclass on `base.BaseReader` (Ray ships it to workers), its
+options are its fields (checked against `reader.options` by `config.reader_options`), with:
 - `list_items() -> list[ItemRef]`: the light index (annotations only, never pixels), sorted by
   source id; a structural problem (missing annotation file) raises `ConfigError`.
 - `load(ref) -> RawSample`: one sample's image bytes and decoded masks; per-item problems raise
   `SampleError` with a reason.
-- `synth(out_dir, *, n_items, seed, faults)`: writes a small dataset in the real on-disk format.
+
+Small datasets in these formats, with injected faults, are written by `sa2va_shards.synth`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
+import difflib
 from typing import Any, ClassVar, Protocol
 
-from sa2va_shards.config import ReaderConfig
+from sa2va_shards.config import ReaderConfig, reader_options
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.readers.chatunivi import ChatUniviReader
 from sa2va_shards.readers.coco import CocoReader
@@ -27,7 +29,7 @@ from sa2va_shards.readers.refvideo import MevisReader, RefYtvosReader, RevosRead
 from sa2va_shards.readers.sav import SavReader
 from sa2va_shards.records import ItemRef, RawClip, RawSample
 
-__all__ = ["READERS", "Reader", "get_reader", "synth_dataset"]
+__all__ = ["READERS", "Reader", "get_reader"]
 
 
 class Reader(Protocol):
@@ -57,23 +59,17 @@ READERS: dict[str, Any] = {
 
 def _reader_class(name: str) -> Any:
     if name not in READERS:
-        raise ConfigError(f"unknown reader format {name!r}; known: {', '.join(sorted(READERS))}")
+        close = difflib.get_close_matches(str(name), READERS, n=1)
+        hint = f"did you mean {close[0]}?" if close else f"known: {', '.join(sorted(READERS))}"
+        raise ConfigError(f"reader.format: unknown reader format {name!r}; {hint}")
     return READERS[name]
 
 
 def get_reader(cfg: ReaderConfig, *, max_pixels: int | None = None) -> Reader:
-    """Instantiate the reader for `cfg.format` with `cfg.root` and `cfg.options`; readers that
-    decode pixels themselves (video) also get the image pixel budget."""
+    """Instantiate the reader for `cfg.format` with `cfg.root` and `cfg.options` (checked
+    against its fields by `config.reader_options`); readers that decode pixels themselves
+    (video) also get the image pixel budget."""
     cls = _reader_class(cfg.format)
     budget = ({"max_pixels": max_pixels} if max_pixels is not None
               and "max_pixels" in {f.name for f in dataclasses.fields(cls)} else {})
-    try:
-        return cls(root=cfg.root, **{**cfg.options, **budget})
-    except TypeError as e:
-        raise ConfigError(f"reader.options for {cfg.format}: {e}") from e
-
-
-def synth_dataset(name: str, out_dir: Path, *, n_items: int = 24, seed: int = 0,
-                  faults: tuple[str, ...] = ()) -> Path:
-    """Write a small raw dataset of format `name` under `out_dir`; returns its root."""
-    return _reader_class(name).synth(Path(out_dir), n_items=n_items, seed=seed, faults=faults)
+    return cls(root=cfg.root, **reader_options(cls, cfg.options), **budget)

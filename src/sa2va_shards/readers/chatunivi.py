@@ -12,21 +12,19 @@ from typing import ClassVar
 import numpy as np
 
 from sa2va_shards.errors import ConfigError, Reason, SampleError
-from sa2va_shards.readers import _chat_synth
-from sa2va_shards.readers._chat_synth import CHATUNIVI_FAULTS
+from sa2va_shards.readers.base import BaseReader
 from sa2va_shards.readers.chat import chat_items, chat_turns_checked
 from sa2va_shards.records import ItemRef, RawClip
 from sa2va_shards.safe_io import check_regular, data_path
 
-__all__ = ["CHATUNIVI_FAULTS", "ChatUniviReader", "segment_frames"]
+__all__ = ["ChatUniviReader", "segment_frames"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class ChatUniviReader:
+class ChatUniviReader(BaseReader):
     """Reads Chat-UniVi's `video_chat.json` and its videos (Sa2VA's `video_datas/chat_univi`)."""
 
     name: ClassVar[str] = "chatunivi"
-    root: str
     file: str = "video_chat.json"
     videos: str = "Activity_Videos"
     #: frames kept per video, one per equal segment (the loader draws 5 per step).
@@ -68,11 +66,6 @@ class ChatUniviReader:
         return RawClip(source_id=ref.source_id, frames=frames, frame_indices=tuple(picked),
                        rles=tuple(() for _ in picked), objects=(), meta=meta)
 
-    @staticmethod
-    def synth(out_dir: Path, *, n_items: int = 4, seed: int = 0,
-              faults: tuple[str, ...] = ()) -> Path:
-        return _chat_synth.write_chatunivi(Path(out_dir), n_items=n_items, seed=seed,
-                                           faults=faults)
 
 
 def segment_frames(total: int, n: int) -> list[int]:

@@ -7,35 +7,18 @@ image record's height/width and checked against the real image later (a mismatch
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
-
-import numpy as np
-from pycocotools import mask as mask_utils
 
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
-from sa2va_shards.readers import _synth
+from sa2va_shards.readers.base import BaseReader
 from sa2va_shards.records import ItemRef, RawSample, bad_item
-from sa2va_shards.safe_io import (
-    DuplicateKeyDict,
-    duplicate_keys,
-    load_setup_json,
-    read_data_file,
-)
+from sa2va_shards.safe_io import DuplicateKeyDict, duplicate_keys
 
 __all__ = ["CocoReader", "annotation_problem", "category_names", "group_annotations",
-           "image_fields", "is_id", "load_instances", "read_image", "source_id_of"]
-
-#: fault kinds `synth` can inject (each adds one bad image next to the good ones).
-COCO_FAULTS = (
-    "corrupt_image", "random_bytes", "zero_byte", "missing_image", "size_mismatch", "bad_rle",
-    "bad_polygon", "polygon_outside", "no_objects", "duplicate_id", "empty_mask", "too_large",
-    "mode_p", "mode_la", "mode_i16", "mode_cmyk", "exif_rotated", "text_control",
-)
+           "image_fields", "image_sample", "is_id", "load_instances", "source_id_of"]
 
 
 def image_fields(img: Any) -> tuple[int, int, str]:
@@ -54,20 +37,30 @@ def image_fields(img: Any) -> tuple[int, int, str]:
     return h, w, file_name
 
 
-def read_image(root: str | Path, folder: str, file_name: Any) -> tuple[str, bytes]:
-    """Read `<root>/<folder>/<file_name>` where `file_name` comes from the data: it must stay
-    inside the folder and be a regular file (`safe_io.read_data_file`). Returns the name used
-    in reject details (relative to root, so rows do not depend on where the dataset lives)
-    and the bytes."""
-    rel = f"{folder}/{file_name}"
-    return rel, read_data_file(Path(root) / folder, file_name, shown=rel)
+def image_sample(reader: BaseReader, ref: ItemRef, images: str, **meta: Any) -> RawSample:
+    """The load of the COCO-based readers: the image record's file from the `images` folder
+    and every object's segmentation as an RLE at the record's height/width; `meta` adds to
+    the file name and image id."""
+    img, objects = ref.data["image"], ref.data["objects"]
+    h, w, file_name = image_fields(img)
+    rel, data = reader.read_data(images, file_name)
+    rles = ops.segmentations_to_rles([o["segmentation"] for o in objects], height=h, width=w)
+    return RawSample(
+        source_id=ref.source_id,
+        image=data,
+        image_name=rel,
+        rles=tuple(rles),
+        objects=tuple({k: v for k, v in o.items() if k != "segmentation"} for o in objects),
+        meta={"file_name": file_name, "image_id": img.get("id"), **meta},
+    )
 
 
-def load_instances(path: Path) -> tuple[dict[str, Any], bool]:
-    """A COCO instances JSON and whether any object in it repeats a key; anything unreadable
-    stops the build (`ConfigError`): it indexes the whole set."""
-    data, dups = load_setup_json(path, unreadable="cannot read annotations",
-                                 missing="annotation file not found (check reader.root)")
+def load_instances(reader: BaseReader, rel: str) -> tuple[dict[str, Any], bool]:
+    """The COCO instances JSON `<root>/<rel>` and whether any object in it repeats a key;
+    anything unreadable stops the build (`ConfigError`): it indexes the whole set."""
+    path = reader.path(rel)
+    data, dups = reader.setup_json(rel, unreadable="cannot read annotations",
+                                   missing="annotation file not found (check reader.root)")
     if not isinstance(data, dict) or not isinstance(data.get("images"), list):
         raise ConfigError(f"{path}: not a COCO instances file (no 'images' list)")
     if isinstance(data, DuplicateKeyDict):
@@ -155,11 +148,10 @@ def group_annotations(anns: list, images: set | dict, cats: dict, dups: bool
 
 
 @dataclass(frozen=True, kw_only=True)
-class CocoReader:
+class CocoReader(BaseReader):
     """Reads `<root>/<annotations>` and images from `<root>/<images>/<file_name>`."""
 
     name: ClassVar[str] = "coco"
-    root: str
     annotations: str = "annotations/instances.json"
     images: str = "images"
 
@@ -167,7 +159,7 @@ class CocoReader:
         """One `ItemRef` per image record, with its annotations and category names; a record
         that cannot be an input (wrong types, repeated keys, orphan annotations) becomes a
         `bad_item`, rejected by the plan with its reason."""
-        data, dups = load_instances(Path(self.root) / self.annotations)
+        data, dups = load_instances(self, self.annotations)
         cats = category_names(data.get("categories", []))
         images, items = _image_records(data["images"])
         anns, problems, bad = group_annotations(data.get("annotations", []),
@@ -193,122 +185,4 @@ class CocoReader:
 
     def load(self, ref: ItemRef) -> RawSample:
         """Read the image bytes and turn every segmentation into an RLE at the record's size."""
-        img, objects = ref.data["image"], ref.data["objects"]
-        h, w, file_name = image_fields(img)
-        rel, data = read_image(self.root, self.images, file_name)
-        rles = ops.segmentations_to_rles([o["segmentation"] for o in objects], height=h, width=w)
-        return RawSample(
-            source_id=ref.source_id,
-            image=data,
-            image_name=rel,
-            rles=tuple(rles),
-            objects=tuple({k: v for k, v in o.items() if k != "segmentation"} for o in objects),
-            meta={"file_name": file_name, "image_id": img.get("id")},
-        )
-
-    @staticmethod
-    def synth(out_dir: Path, *, n_items: int = 24, seed: int = 0,
-              faults: tuple[str, ...] = ()) -> Path:
-        """Write a COCO-style set: JPEGs of varied sizes and modes (RGB, L, CMYK), objects
-        from large to a 2x2 box no grid point hits (K = 0), as polygons, compressed and
-        uncompressed RLE; plus one bad image per fault kind in `faults`."""
-        unknown = set(faults) - set(COCO_FAULTS)
-        if unknown:
-            raise ValueError(f"unknown faults {sorted(unknown)}; known: {COCO_FAULTS}")
-        rng = np.random.default_rng(seed)
-        (out_dir / "images").mkdir(parents=True, exist_ok=True)
-        (out_dir / "annotations").mkdir(parents=True, exist_ok=True)
-        doc = {"images": [], "annotations": [],
-               "categories": [{"id": i + 1, "name": n} for i, n in enumerate(_CATEGORIES)]}
-        for i in range(n_items):
-            _synth_image(doc, out_dir, rng, image_id=i + 1)
-        for j, fault in enumerate(faults):
-            _synth_fault(doc, out_dir, rng, image_id=10_000 + j, fault=fault)
-        (out_dir / "annotations" / "instances.json").write_text(json.dumps(doc))
-        return out_dir
-
-
-_CATEGORIES = ("person", "dog", "cat", "car", "chair", "cup")
-_MODES = ("RGB", "RGB", "L", "RGB", "CMYK", "RGB")
-
-
-def _segmentation(kind: str, shape: tuple, h: int, w: int, style: int) -> tuple[Any, list]:
-    """A COCO segmentation of `shape` (see `_synth.segmentation`) and its bbox [x, y, w, h]."""
-    seg = _synth.segmentation(kind, shape, h, w, style=style)
-    rle = ops.segmentations_to_rles([seg], height=h, width=w)[0]
-    return seg, [float(v) for v in mask_utils.toBbox(rle)]
-
-
-def _add_image(doc: dict, out_dir: Path, image_id: int, data: bytes, h: int, w: int,
-               ext: str = "jpg") -> str:
-    name = f"{image_id:012d}.{ext}"
-    (out_dir / "images" / name).write_bytes(data)
-    doc["images"].append({"id": image_id, "file_name": name, "height": h, "width": w})
-    return name
-
-
-def _add_ann(doc: dict, image_id: int, seg: Any, bbox: list, cat: int, crowd: int = 0) -> None:
-    doc["annotations"].append({"id": len(doc["annotations"]) + 1, "image_id": image_id,
-                               "category_id": cat, "segmentation": seg, "bbox": bbox,
-                               "iscrowd": crowd, "area": float(bbox[2] * bbox[3])})
-
-
-def _synth_image(doc: dict, out_dir: Path, rng: np.random.Generator, *, image_id: int) -> None:
-    h, w = _synth.SIZES[image_id % len(_synth.SIZES)]
-    mode = _MODES[image_id % len(_MODES)]
-    _add_image(doc, out_dir, image_id, _synth.encode_image(_synth.make_image(rng, h, w),
-                                                           mode=mode), h, w)
-    for j, (kind, shape) in enumerate(_synth.random_objects(rng, h, w, int(rng.integers(1, 6)))):
-        seg, bbox = _segmentation(kind, shape, h, w, style=(image_id + j) % 3)
-        _add_ann(doc, image_id, seg, bbox, cat=int(rng.integers(1, len(_CATEGORIES) + 1)),
-                 crowd=int(isinstance(seg, dict) and isinstance(seg["counts"], list)))
-    if image_id % 3 == 0:  # a few-pixel object: K = 0 under nearest
-        seg, bbox = _segmentation("box", _synth.tiny_box(h, w), h, w, style=1)
-        _add_ann(doc, image_id, seg, bbox, cat=1)
-
-
-def _fault_image(rng: np.random.Generator, fault: str, h: int, w: int) -> tuple[bytes, str]:
-    """The image file of a fault case: (bytes, file extension)."""
-    rgb = _synth.make_image(rng, h, w)
-    good = _synth.encode_image(rgb)
-    if fault in ("mode_p", "mode_la", "mode_i16"):  # must be converted, not rejected
-        return _synth.encode_image(rgb, mode={"mode_p": "P", "mode_la": "LA",
-                                              "mode_i16": "I;16"}[fault], fmt="PNG"), "png"
-    if fault == "exif_rotated":  # orientation 6 must be ignored: annotations are stored pixels
-        return _synth.encode_image(rgb, exif_orientation=6), "jpg"
-    return {"corrupt_image": good[: len(good) // 3], "random_bytes": rng.bytes(4096),
-            "zero_byte": b"", "mode_cmyk": _synth.encode_image(rgb, mode="CMYK")
-            }.get(fault, good), "jpg"
-
-
-def _synth_fault(doc: dict, out_dir: Path, rng: np.random.Generator, *, image_id: int,
-                 fault: str) -> None:
-    """One image exercising `fault` (see COCO_FAULTS), with one good box object unless the
-    fault is about the objects themselves."""
-    h, w = (4200, 4200) if fault == "too_large" else (240, 320)
-    data, ext = _fault_image(rng, fault, h, w) if fault != "too_large" else (
-        _synth.encode_image(np.full((h, w, 3), 128, np.uint8)), "jpg")
-    name = _add_image(doc, out_dir, image_id, data, h, w, ext=ext)
-    seg, bbox = _segmentation("box", (20, 30, 120, 200), h, w, style=1)
-    cat = 1
-    if fault == "missing_image":
-        (out_dir / "images" / name).unlink()
-    elif fault == "size_mismatch":  # the record says 250 rows, the file has 240
-        doc["images"][-1].update(height=h + 10)
-        seg, bbox = [_synth.ellipse_polygon(100, 80, 50, 40)], [50.0, 40.0, 100.0, 80.0]
-    elif fault == "bad_rle":
-        seg = {"size": [h, w], "counts": seg["counts"][: len(seg["counts"]) // 2] + "zz"}
-    elif fault == "bad_polygon":
-        seg = [[10.0, 10.0, 50.0, 50.0]]
-    elif fault == "duplicate_id":
-        doc["images"].append(dict(doc["images"][-1]))
-    elif fault in ("empty_mask", "polygon_outside"):  # an extra object with no pixels
-        extra = ([_synth.ellipse_polygon(w + 100, h + 100, 30, 20)] if fault == "polygon_outside"
-                 else {"size": [h, w], "counts": mask_utils.encode(
-                     np.zeros((h, w), np.uint8, order="F"))["counts"].decode()})
-        _add_ann(doc, image_id, extra, [0.0, 0.0, 0.0, 0.0], cat=2)
-    elif fault == "text_control":  # control characters and an unpaired surrogate in a name
-        doc["categories"].append({"id": 99, "name": "bad\x00\x1b[31m\u2028\ud800name"})
-        cat = 99
-    if fault != "no_objects":
-        _add_ann(doc, image_id, seg, bbox, cat=cat)
+        return image_sample(self, ref, self.images)

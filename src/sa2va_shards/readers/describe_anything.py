@@ -20,31 +20,22 @@ Source id: `<SPLIT>_<id>` (the WebDataset key: the member path up to the first d
 
 from __future__ import annotations
 
-import io
 import os
-import pickle
 import re
 import tarfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, ClassVar
-
-import numpy as np
+from typing import Any, BinaryIO, ClassVar, Literal
 
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
-from sa2va_shards.readers import _synth
 from sa2va_shards.readers._safe_pickle import safe_loads
+from sa2va_shards.readers.base import BaseReader
 from sa2va_shards.records import ItemRef, RawSample, bad_item
 from sa2va_shards.safe_io import NotRegularFileError, data_path, open_regular
 
-__all__ = ["DAM_FAULTS", "DescribeAnythingReader"]
+__all__ = ["DescribeAnythingReader"]
 
-#: fault kinds `synth` can inject: one record each, in split `COCOStuff`, id `fault_<kind>`.
-DAM_FAULTS: tuple[str, ...] = (
-    "missing_image", "corrupt_image", "size_mismatch", "bad_rle", "unsafe_pickle",
-    "corrupt_pickle", "no_objects", "bad_record",
-)
 #: image member suffixes: `jpg` or a frame `<t>.jpg` (SAV split); first match in sort order.
 _IMAGE_EXT = re.compile(r"^(?:(\d+)\.)?(jpg|jpeg|png)$")
 _PICKLE_EXTS = ("pickle", "pkl")
@@ -142,16 +133,14 @@ def _tar_items(split: str, tar: Path, rel: str) -> list[ItemRef]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class DescribeAnythingReader:
-    """Reads `<root>/<SPLIT>/images/*.tar` for each split."""
+class DescribeAnythingReader(BaseReader):
+    """Reads `<root>/<SPLIT>/images/*.tar` for each split (root holds one folder per split)."""
 
     name: ClassVar[str] = "describe_anything"
-    #: folder holding one folder per split.
-    root: str
     #: splits to read; empty means every folder under root that has `images/*.tar`.
     splits: tuple[str, ...] = ()
     #: per-frame video records (`{id}.{t}.jpg`): `reject` (default) or `first_frame`.
-    frame_records: str = "reject"
+    frame_records: Literal["reject", "first_frame"] = "reject"
 
     def __post_init__(self) -> None:
         splits = (self.splits,) if isinstance(self.splits, str) else self.splits
@@ -172,10 +161,11 @@ class DescribeAnythingReader:
         return sorted(set(found))
 
     def _tars(self, split: str) -> list[Path]:
-        tars = sorted((Path(self.root) / split / "images").glob("*.tar"))
+        folder = self.path(split) / "images"
+        tars = sorted(folder.glob("*.tar"))
         if not tars:
-            raise ConfigError(f"{Path(self.root) / split / 'images'}: no .tar shards for split "
-                              f"{split!r} (check reader.root and reader.options.splits)")
+            raise ConfigError(f"{folder}: no .tar shards for split {split!r} (check "
+                              "reader.root and reader.options.splits)")
         return tars
 
     def list_items(self) -> list[ItemRef]:
@@ -211,7 +201,7 @@ class DescribeAnythingReader:
             reason = Reason.MISSING_IMAGE if which == "image" else Reason.BAD_ANNOTATION
             raise SampleError(reason, f"{tar}: key {ref.data['id']!r} has no {which} member")
         try:
-            with open_regular(Path(self.root) / tar) as f:
+            with open_regular(self.path(tar)) as f:
                 f.seek(entry["offset"])
                 data = f.read(entry["size"])
         except OSError as e:
@@ -242,29 +232,6 @@ class DescribeAnythingReader:
             objects=tuple(_object(i, r) for i, r in enumerate(regions)),
             meta={"split": ref.data["split"], "tar": ref.data["tar"], "id": ref.data["id"]},
         )
-
-    @staticmethod
-    def synth(out_dir: Path, *, n_items: int = 24, seed: int = 0,
-              faults: tuple[str, ...] = ()) -> Path:
-        """Write a DLC-SFT-style set: splits COCOStuff, LVIS and SAV (frames `{id}.{t}.jpg`),
-        two tars per split, pickles of one region dict or a list of them (protocols 2-5,
-        counts as str or bytes), a 2x2 region (K = 0) in every third record; plus one record
-        per fault kind in COCOStuff."""
-        unknown = set(faults) - set(DAM_FAULTS)
-        if unknown:
-            raise ValueError(f"unknown faults {sorted(unknown)}; known: {DAM_FAULTS}")
-        rng = np.random.default_rng(seed)
-        shards: dict[str, list[dict[str, bytes]]] = {}
-        for i in range(n_items):
-            split = _SYNTH_SPLITS[i % len(_SYNTH_SPLITS)]
-            shards.setdefault(f"{split}/images/{split}-{i % 2:04d}.tar", []).append(
-                _synth_record(rng, i, split))
-        for fault in faults:
-            shards.setdefault("COCOStuff/images/COCOStuff-0000.tar", []).append(
-                _synth_fault(rng, fault, out_dir))
-        for rel, records in shards.items():
-            _write_tar(out_dir / rel, records)
-        return out_dir
 
 
 def _regions(obj: Any, where: str) -> list[dict]:
@@ -300,70 +267,3 @@ def _object(i: int, region: dict) -> dict:
     return {**extra, "id": i + 1, "caption": caption if isinstance(caption, str) else None}
 
 
-# --- synth -------------------------------------------------------------------------------------
-
-_SYNTH_SPLITS = ("COCOStuff", "LVIS", "SAV")
-_WORDS = ("A red mug with a chipped rim", "A dog lying on a striped towel",
-          "The left wheel of a bicycle", "A tall lamp with a white shade")
-
-
-def _rle_of(kind: str, shape: tuple, h: int, w: int, *, as_bytes: bool) -> dict:
-    seg = _synth.segmentation(kind, shape, h, w, style=1)
-    return {"size": seg["size"],
-            "counts": seg["counts"].encode("ascii") if as_bytes else seg["counts"]}
-
-
-def _synth_record(rng: np.random.Generator, i: int, split: str) -> dict[str, bytes]:
-    h, w = _synth.SIZES[i % len(_synth.SIZES)]
-    shapes = _synth.random_objects(rng, h, w, int(rng.integers(1, 4)))
-    if i % 3 == 0:
-        shapes.append(("box", _synth.tiny_box(h, w)))
-    regions = [{"caption": str(rng.choice(_WORDS)) + ".", "img_id": f"{split.lower()}_{i}",
-                "mask_rle": _rle_of(kind, shape, h, w, as_bytes=bool(j % 2))}
-               for j, (kind, shape) in enumerate(shapes)]
-    payload: Any = regions[0] if len(regions) == 1 else regions
-    key = f"{split.lower()}_{i:06d}"
-    image = _synth.encode_image(_synth.make_image(rng, h, w))
-    pkl = pickle.dumps(payload, protocol=2 + i % 4)
-    if split == "SAV":  # video records: frames {id}.{t}.jpg, the first one is annotated
-        later = _synth.encode_image(_synth.make_image(rng, h, w))
-        return {f"{key}.0.jpg": image, f"{key}.1.jpg": later, f"{key}.pickle": pkl}
-    return {f"{key}.jpg": image, f"{key}.pickle": pkl}
-
-
-def _synth_fault(rng: np.random.Generator, fault: str, out_dir: Path) -> dict[str, bytes]:
-    h, w = 240, 320
-    key = f"fault_{fault}"
-    image = _synth.encode_image(_synth.make_image(rng, h, w))
-    rle = _rle_of("box", (20, 30, 120, 200), h, w, as_bytes=False)
-    payload: Any = [{"caption": "A box.", "mask_rle": rle}]
-    if fault == "size_mismatch":  # RLE size from the record, real image 10 rows shorter
-        image = _synth.encode_image(_synth.make_image(rng, h - 10, w))
-    elif fault == "bad_rle":
-        payload[0]["mask_rle"] = _synth.truncated_rle(rle)
-    elif fault == "no_objects":
-        payload = []
-    elif fault == "bad_record":
-        payload = {"caption": "no mask here"}
-    pkl = pickle.dumps(payload, protocol=4)
-    if fault == "unsafe_pickle":
-        pkl = _synth.exploit_pickle(f"touch {out_dir / 'PWNED'}")
-    elif fault == "corrupt_pickle":
-        pkl = pkl[: len(pkl) // 2]
-    members = {f"{key}.pickle": pkl}
-    if fault != "missing_image":
-        members[f"{key}.jpg"] = image[: len(image) // 3] if fault == "corrupt_image" else image
-    return members
-
-
-def _write_tar(path: Path, records: list[dict[str, bytes]]) -> None:
-    """A deterministic tar (sorted members, fixed mtime / owner), as WebDataset writes."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    members = sorted((name, data) for rec in records for name, data in rec.items())
-    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as tar:
-        for name, data in members:
-            info = tarfile.TarInfo(name)
-            info.size, info.mtime, info.mode = len(data), 0, 0o644
-            info.uid = info.gid = 0
-            info.uname = info.gname = ""
-            tar.addfile(info, io.BytesIO(data))

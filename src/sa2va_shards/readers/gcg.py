@@ -47,13 +47,11 @@ from pycocotools import mask as mask_utils
 
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
-from sa2va_shards.readers import _gcg_synth
-from sa2va_shards.readers._gcg_synth import GCG_FAULTS
-from sa2va_shards.readers.coco import read_image
+from sa2va_shards.readers.base import BaseReader
 from sa2va_shards.records import ItemRef, RawSample, bad_item
 from sa2va_shards.safe_io import duplicate_keys, load_setup_json
 
-__all__ = ["GCG_FAULTS", "GCG_FILES", "GCG_SCHEMAS", "GcgReader", "find_span", "trim_spans"]
+__all__ = ["GCG_FILES", "GCG_SCHEMAS", "GcgReader", "find_span", "trim_spans"]
 
 #: file stem -> (schema, image folder relative to root), as Sa2VA's configs wire them.
 GCG_FILES: dict[str, tuple[str, str]] = {
@@ -69,12 +67,10 @@ _INDEX_DIGITS = 7
 
 
 @dataclass(frozen=True, kw_only=True)
-class GcgReader:
+class GcgReader(BaseReader):
     """Reads one GLaMM GCG file under `<root>/<annotations>` and its images."""
 
     name: ClassVar[str] = "gcg"
-    #: folder holding `annotations/` and `images/` (Sa2VA's `data/glamm_data`).
-    root: str
     #: the GCG file (`.json` may be left off); its stem picks the schema and image folder.
     file: str = "GranDf_HA_GCG_train.json"
     #: grandf, refcocog or flickr; "" = from the file name (`GCG_FILES`).
@@ -133,7 +129,7 @@ class GcgReader:
         where = f"{self.file}[{ref.data['index']}]"
         rec = json.loads(ref.data["record"])
         parsed = _PARSERS[self.schema](rec, where)
-        rel, data = read_image(self.root, self.images, parsed.file_name)
+        rel, data = self.read_data(self.images, parsed.file_name)
         h, w = parsed.size or _header_size(data, rel)
         phrases, ungrounded = trim_spans(parsed.phrases)
         if not phrases:
@@ -150,12 +146,6 @@ class GcgReader:
         return RawSample(source_id=ref.source_id, image=data, image_name=rel, rles=rles,
                          objects=objects, meta=meta)
 
-    @staticmethod
-    def synth(out_dir: Path, *, n_items: int = 24, seed: int = 0,
-              faults: tuple[str, ...] = ()) -> Path:
-        """Write all four GCG files (`_gcg_synth`) with `n_items` images each, plus one element
-        per fault kind in the file whose schema has that fault."""
-        return _gcg_synth.write(Path(out_dir), n_items=n_items, seed=seed, faults=faults)
 
 
 # --- index ------------------------------------------------------------------------------------

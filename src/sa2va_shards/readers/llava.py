@@ -9,21 +9,19 @@ from pathlib import Path
 from typing import ClassVar
 
 from sa2va_shards.errors import Reason, SampleError
-from sa2va_shards.readers import _chat_synth
-from sa2va_shards.readers._chat_synth import LLAVA_FAULTS
+from sa2va_shards.readers.base import BaseReader
 from sa2va_shards.readers.chat import chat_items, chat_turns_checked
 from sa2va_shards.records import ItemRef, RawSample
 from sa2va_shards.safe_io import read_data_file
 
-__all__ = ["LLAVA_FAULTS", "LlavaReader"]
+__all__ = ["LlavaReader"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class LlavaReader:
+class LlavaReader(BaseReader):
     """Reads `llava_v1_5_mix665k.json` and its images (Sa2VA's `data/llava_data`)."""
 
     name: ClassVar[str] = "llava"
-    root: str
     #: the conversation file, relative to root.
     file: str = "LLaVA-Instruct-150K/llava_v1_5_mix665k.json"
     #: image folder, relative to root.
@@ -58,7 +56,3 @@ class LlavaReader:
         return RawSample(source_id=ref.source_id, image=data, image_name=rel, rles=(),
                          objects=(), meta={**meta, "file_name": image})
 
-    @staticmethod
-    def synth(out_dir: Path, *, n_items: int = 24, seed: int = 0,
-              faults: tuple[str, ...] = ()) -> Path:
-        return _chat_synth.write_llava(Path(out_dir), n_items=n_items, seed=seed, faults=faults)

@@ -19,20 +19,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
-from sa2va_shards.readers import _synth
+from sa2va_shards.readers.base import BaseReader
 from sa2va_shards.records import ItemRef, RawSample, bad_item
-from sa2va_shards.safe_io import (
-    data_path,
-    duplicate_keys,
-    load_setup_json,
-    read_data_file,
-)
+from sa2va_shards.safe_io import data_path, duplicate_keys
 
-__all__ = ["OSPREY_FAULTS", "OSPREY_FILES", "OspreyReader"]
+__all__ = ["COCO_IMAGE_DIRS", "OSPREY_FILES", "OspreyReader"]
 
 #: the five published files (Sa2VA registers one dataset per file).
 OSPREY_FILES: tuple[str, ...] = (
@@ -45,12 +38,6 @@ OSPREY_FILES: tuple[str, ...] = (
 #: Sa2VA's image folders, searched in this order.
 COCO_IMAGE_DIRS: tuple[str, ...] = (
     "coco/train2014", "coco/val2014", "coco/train2017", "coco/val2017",
-)
-#: fault kinds `synth` can inject (appended to osprey_conversation.json, file_name
-#: `fault_<kind>.jpg`).
-OSPREY_FAULTS: tuple[str, ...] = (
-    "missing_image", "corrupt_image", "size_mismatch", "bad_rle", "bad_polygon", "no_objects",
-    "bad_record", "empty_mask", "question_only", "answer_only",
 )
 #: digits of the list index in a source id (the largest file has ~200k elements).
 _INDEX_DIGITS = 7
@@ -67,12 +54,11 @@ def _as_tuple(value: Any, what: str) -> tuple[str, ...]:
 
 
 @dataclass(frozen=True, kw_only=True)
-class OspreyReader:
-    """Reads the Osprey-724K JSON files under `<root>/<annotations>` and COCO images."""
+class OspreyReader(BaseReader):
+    """Reads the Osprey-724K JSON files under `<root>/<annotations>` and COCO images; root is
+    the folder holding `Osprey-724K/` and `coco/` (Sa2VA's `data/osprey-724k`)."""
 
     name: ClassVar[str] = "osprey"
-    #: folder holding `Osprey-724K/` and `coco/` (Sa2VA's `data/osprey-724k`).
-    root: str
     #: which JSON files to read (names in `annotations`; `.json` may be left off).
     files: tuple[str, ...] = OSPREY_FILES
     #: folder of the JSON files, relative to root.
@@ -96,12 +82,12 @@ class OspreyReader:
 
     def _read_list(self, file: str) -> tuple[list, bool]:
         """The file's elements and whether any object in it repeats a key."""
-        path = Path(self.root) / self.annotations / file
-        data, dups = load_setup_json(path, unreadable="cannot read Osprey annotations",
+        rel = Path(self.annotations) / file
+        data, dups = self.setup_json(rel, unreadable="cannot read Osprey annotations",
                                      missing="Osprey file not found (check reader.root and "
                                              "reader.options.files)")
         if not isinstance(data, list):
-            raise ConfigError(f"{path}: expected a top-level JSON list, got "
+            raise ConfigError(f"{self.path(rel)}: expected a top-level JSON list, got "
                               f"{type(data).__name__}")
         return data, dups
 
@@ -122,12 +108,9 @@ class OspreyReader:
 
     def _read_image(self, file_name: str) -> tuple[str, bytes]:
         for folder in self.image_dirs:
-            base = Path(self.root) / folder
             # checked before the lookup: a '..' name must not probe other folders either
-            if not os.path.lexists(data_path(base, file_name)):
-                continue
-            rel = f"{folder}/{file_name}"
-            return rel, read_data_file(base, file_name, shown=rel)
+            if os.path.lexists(data_path(self.path(folder), file_name)):
+                return self.read_data(folder, file_name)
         raise SampleError(Reason.MISSING_IMAGE,
                           f"{file_name}: not in any of {', '.join(self.image_dirs)}")
 
@@ -148,30 +131,6 @@ class OspreyReader:
                 **{k: rec[k] for k in _TEXT_FIELDS if k in rec}}
         return RawSample(source_id=ref.source_id, image=data, image_name=rel, rles=tuple(rles),
                          objects=tuple(_region(i, a) for i, a in enumerate(anns)), meta=meta)
-
-    @staticmethod
-    def synth(out_dir: Path, *, n_items: int = 24, seed: int = 0,
-              faults: tuple[str, ...] = ()) -> Path:
-        """Write an Osprey-724K-style set: the five JSON files (item i goes to file i % 5) with
-        conversations / descriptions that name `<regionN>`, images spread over the four COCO
-        folders (one name also in a later folder, at another size, so lookup order matters),
-        polygons, compressed and uncompressed RLE, a 2x2 region (K = 0) in every third
-        element; plus one element per fault kind, appended to osprey_conversation.json."""
-        unknown = set(faults) - set(OSPREY_FAULTS)
-        if unknown:
-            raise ValueError(f"unknown faults {sorted(unknown)}; known: {OSPREY_FAULTS}")
-        rng = np.random.default_rng(seed)
-        for folder in COCO_IMAGE_DIRS:
-            (out_dir / folder).mkdir(parents=True, exist_ok=True)
-        docs: dict[str, list] = {f: [] for f in OSPREY_FILES}
-        for i in range(n_items):
-            file = OSPREY_FILES[i % len(OSPREY_FILES)]
-            docs[file].append(_synth_element(out_dir, rng, i, Path(file).stem))
-        docs[OSPREY_FILES[0]] += [_synth_fault(out_dir, rng, f) for f in faults]
-        (out_dir / "Osprey-724K").mkdir(parents=True, exist_ok=True)
-        for file, doc in docs.items():
-            (out_dir / "Osprey-724K" / file).write_text(json.dumps(doc))
-        return out_dir
 
 
 def _compact(rec: Any) -> str:
@@ -241,81 +200,3 @@ def _region(i: int, ann: dict) -> dict:
     return {**extra, "id": i + 1, "region": f"region{i + 1}"}
 
 
-# --- synth -------------------------------------------------------------------------------------
-
-_COLORS = ("red", "blue", "green", "grey", "yellow", "brown")
-_NOUNS = ("dog", "person", "cup", "chair", "car", "cat")
-
-
-def _image_name(folder: str, image_id: int) -> str:
-    # 2014 folders hold COCO_<split>_<id>.jpg, 2017 folders <id>.jpg, as downloaded
-    split = folder.rsplit("/", 1)[-1]
-    return f"COCO_{split}_{image_id:012d}.jpg" if split.endswith("2014") else f"{image_id:012d}.jpg"
-
-
-def _texts(task: str, n: int, rng: np.random.Generator) -> dict[str, Any]:
-    words = [f"{rng.choice(_COLORS)} {rng.choice(_NOUNS)}" for _ in range(n)]
-    if task == "osprey_detail_description":
-        return {"description": [f"<region{i + 1}>: A {w} seen from the side, partly in shadow."
-                                for i, w in enumerate(words)]}
-    question = {"osprey_short_form": "What is <region{r}>?",
-                "osprey_part_level": "Which part of the object is <region{r}>?",
-                "osprey_lvis_positive_negative": "Is <region{r}> a {w}?"}.get(
-        task, "What can you tell me about <region{r}>?")
-    turns = []
-    for i, w in enumerate(words):
-        q = question.format(r=i + 1, w=w)
-        turns += [{"from": "human", "value": ("<image>\n" if i == 0 else "") + q},
-                  {"from": "gpt", "value": f"It is a {w}." if "short" not in task else w}]
-    return {"conversations": turns}
-
-
-def _synth_regions(rng: np.random.Generator, h: int, w: int, i: int) -> list[dict]:
-    shapes = _synth.random_objects(rng, h, w, int(rng.integers(1, 5)))
-    if i % 3 == 0:  # a few-pixel region: K = 0 under nearest
-        shapes.append(("box", _synth.tiny_box(h, w)))
-    return [{"segmentation": _synth.segmentation(kind, shape, h, w, style=(i + j) % 3),
-             "category_id": int(rng.integers(1, 81))}
-            for j, (kind, shape) in enumerate(shapes)]
-
-
-def _synth_element(out_dir: Path, rng: np.random.Generator, i: int, task: str) -> dict:
-    h, w = _synth.SIZES[i % len(_synth.SIZES)]
-    folder = COCO_IMAGE_DIRS[i % len(COCO_IMAGE_DIRS)]
-    name = _image_name(folder, 100 + i)
-    (out_dir / folder / name).write_bytes(_synth.encode_image(_synth.make_image(rng, h, w)))
-    if i == 1:  # a same-named, differently sized file in a later folder must not be used
-        decoy = _synth.encode_image(_synth.make_image(rng, h // 2 + 3, w // 2 + 5))
-        (out_dir / COCO_IMAGE_DIRS[-1] / name).write_bytes(decoy)
-    regions = _synth_regions(rng, h, w, i)
-    return {"file_name": name, "height": h, "width": w, "annotation": regions,
-            **_texts(task, len(regions), rng)}
-
-
-def _synth_fault(out_dir: Path, rng: np.random.Generator, fault: str) -> dict:
-    h, w = 240, 320
-    name = f"fault_{fault}.jpg"
-    good = _synth.encode_image(_synth.make_image(rng, h, w))
-    if fault != "missing_image":
-        data = good[: len(good) // 3] if fault == "corrupt_image" else good
-        (out_dir / COCO_IMAGE_DIRS[2] / name).write_bytes(data)
-    seg: Any = _synth.segmentation("box", (20, 30, 120, 200), h, w, style=1)
-    regions = [{"segmentation": seg}]
-    if fault == "bad_rle":
-        regions = [{"segmentation": _synth.truncated_rle(seg)}]
-    elif fault == "bad_polygon":
-        regions = [{"segmentation": _synth.BAD_POLYGON}]
-    elif fault == "no_objects":
-        regions = []
-    elif fault == "size_mismatch":  # a polygon: decoded at the JSON size, then rejected
-        regions = [{"segmentation": [_synth.ellipse_polygon(100, 80, 50, 40)]}]
-    elif fault == "empty_mask":  # written, with the empty region dropped as an object reject
-        regions.append({"segmentation": _synth.segmentation("box", (0, 0, 0, 0), h, w, style=1)})
-    elem = {"file_name": name, "height": h + 10 if fault == "size_mismatch" else h, "width": w,
-            "annotation": regions, **_texts("osprey_conversation", max(len(regions), 1), rng)}
-    if fault == "bad_record":
-        del elem["height"]
-    elif fault in ("question_only", "answer_only"):  # no complete turn pair
-        elem["conversations"] = elem["conversations"][:1] if fault == "question_only" else \
-            elem["conversations"][1:2]
-    return elem

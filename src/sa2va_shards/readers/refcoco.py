@@ -13,49 +13,33 @@ Source id: the COCO image id, zero-padded to 12 digits.
 
 from __future__ import annotations
 
-import json
-import pickle
 from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
-import numpy as np
-from pycocotools import mask as mask_utils
-
-from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
-from sa2va_shards.readers import _synth
-from sa2va_shards.readers._safe_pickle import safe_load
+from sa2va_shards.readers.base import BaseReader
 from sa2va_shards.readers.coco import (
     annotation_problem,
     category_names,
-    image_fields,
+    image_sample,
     is_id,
     load_instances,
-    read_image,
     source_id_of,
 )
 from sa2va_shards.records import ItemRef, RawSample, bad_item
-from sa2va_shards.safe_io import duplicate_keys, open_regular
+from sa2va_shards.safe_io import duplicate_keys
 
-__all__ = ["REFCOCO_FAULTS", "RefCocoReader"]
-
-#: fault kinds `synth` can inject: one bad image each (ids 10000 + j, split train), except
-#: `unsafe_pickle`, which replaces the whole refs file (the build then cannot start).
-REFCOCO_FAULTS: tuple[str, ...] = (
-    "missing_image", "corrupt_image", "size_mismatch", "bad_polygon", "bad_rle", "missing_ann",
-    "unsafe_pickle",
-)
+__all__ = ["RefCocoReader"]
 
 
 @dataclass(frozen=True, kw_only=True)
-class RefCocoReader:
-    """Reads `<root>/<instances>` and `<root>/<refs_file>` (default `refs(<variant>).p`)."""
+class RefCocoReader(BaseReader):
+    """Reads `<root>/<instances>` and `<root>/<refs_file>` (default `refs(<variant>).p`);
+    root is the folder of one of refcoco, refcoco+, refcocog (Sa2VA: `data/ref_seg/<name>`)."""
 
     name: ClassVar[str] = "refcoco"
-    #: folder of one of refcoco, refcoco+, refcocog (Sa2VA: `data/ref_seg/<name>`).
-    root: str
     #: refs file suffix: `unc` (refcoco, refcoco+), `umd` or `google` (refcocog).
     variant: str = "unc"
     #: refs file name relative to root; empty means `refs(<variant>).p`.
@@ -72,24 +56,22 @@ class RefCocoReader:
     lowercase: bool = False
 
     @property
+    def refs_name(self) -> str:
+        """The refs pickle this reader reads, relative to root."""
+        return self.refs_file or f"refs({self.variant}).p"
+
+    @property
     def refs_path(self) -> Path:
         """The refs pickle this reader reads."""
-        return Path(self.root) / (self.refs_file or f"refs({self.variant}).p")
+        return self.path(self.refs_name)
 
     def _load_refs(self) -> list:
-        path = self.refs_path
-        try:
-            with open_regular(path) as f:
-                refs = safe_load(f, name=path.name)
-        except FileNotFoundError as e:
-            raise ConfigError(f"{path}: refs file not found (check reader.root and "
-                              "reader.options.variant / refs_file)") from e
-        except OSError as e:
-            raise ConfigError(f"{path}: cannot read the refs file: {e}") from e
-        except SampleError as e:  # one pickle for the whole set: nothing can be built
-            raise ConfigError(f"{path}: {e.reason.value}: {e.detail}") from e
+        refs = self.setup_pickle(self.refs_name, unreadable="cannot read the refs file",
+                                 missing="refs file not found (check reader.root and "
+                                         "reader.options.variant / refs_file)")
         if not isinstance(refs, list):
-            raise ConfigError(f"{path}: expected a list of refs, got {type(refs).__name__}")
+            raise ConfigError(f"{self.refs_path}: expected a list of refs, got "
+                              f"{type(refs).__name__}")
         return refs
 
     def _split_refs(self, refs: list) -> list[tuple[int, Any]]:
@@ -109,7 +91,7 @@ class RefCocoReader:
         image or annotation record of the wrong shape rejects the image it belongs to (or,
         when it names no usable image, is a reject of its own)."""
         refs = self._split_refs(self._load_refs())
-        coco, dups = load_instances(Path(self.root) / self.instances)
+        coco, dups = load_instances(self, self.instances)
         anns = {a["id"]: a for a in coco.get("annotations", [])
                 if isinstance(a, dict) and is_id(a.get("id"))}
         cats = category_names(coco.get("categories", []))
@@ -143,47 +125,11 @@ class RefCocoReader:
             SampleError: `bad_annotation` (annotation missing from instances.json, malformed
                 image record), `missing_image`, `unsafe_path`, `bad_segmentation`.
         """
-        img, objects = ref.data["image"], ref.data["objects"]
-        missing = [o["id"] for o in objects if o.get("missing")]
+        missing = [o["id"] for o in ref.data["objects"] if o.get("missing")]
         if missing:
             raise SampleError(Reason.BAD_ANNOTATION,
                               f"refs name annotation ids {missing} not in {self.instances}")
-        h, w, file_name = image_fields(img)
-        rel, data = read_image(self.root, self.images, file_name)
-        rles = ops.segmentations_to_rles([o["segmentation"] for o in objects], height=h, width=w)
-        return RawSample(
-            source_id=ref.source_id, image=data, image_name=rel, rles=tuple(rles),
-            objects=tuple({k: v for k, v in o.items() if k != "segmentation"} for o in objects),
-            meta={"file_name": file_name, "image_id": img.get("id"), "split": ref.data["split"]},
-        )
-
-    @staticmethod
-    def synth(out_dir: Path, *, n_items: int = 24, seed: int = 0,
-              faults: tuple[str, ...] = ()) -> Path:
-        """Write a RefCOCO-style set: `instances.json`, `refs(unc).p` (protocol 2, as the
-        Python 2 era files) and `images/COCO_train2014_*.jpg`. Images rotate over the splits
-        train, train, val, testA, testB; each has 1-4 objects, one of them never referred to,
-        1-3 sentences per ref, one object referred to twice, a 2x2 object (K = 0) in every
-        third image; plus one train image per fault kind (ids 10000 + j)."""
-        unknown = set(faults) - set(REFCOCO_FAULTS)
-        if unknown:
-            raise ValueError(f"unknown faults {sorted(unknown)}; known: {REFCOCO_FAULTS}")
-        rng = np.random.default_rng(seed)
-        (out_dir / "images").mkdir(parents=True, exist_ok=True)
-        doc: dict[str, list] = {"images": [], "annotations": [], "categories": [
-            {"id": i + 1, "name": n, "supercategory": "thing"} for i, n in enumerate(_CATEGORIES)]}
-        refs: list[dict] = []
-        for i in range(n_items):
-            _synth_image(doc, refs, out_dir, rng, image_id=i + 1)
-        for j, fault in enumerate(f for f in faults if f != "unsafe_pickle"):
-            _synth_fault(doc, refs, out_dir, rng, image_id=10_000 + j, fault=fault)
-        (out_dir / "instances.json").write_text(json.dumps(doc))
-        with open(out_dir / "refs(unc).p", "wb") as f:
-            if "unsafe_pickle" in faults:
-                f.write(_synth.exploit_pickle(f"touch {out_dir / 'PWNED'}"))
-            else:
-                pickle.dump(refs, f, protocol=2)
-        return out_dir
+        return image_sample(self, ref, self.images, split=ref.data["split"])
 
 
 def _in_split(value: Any, split: str) -> bool:
@@ -264,88 +210,3 @@ def _new_object(ann_id: Any, anns: dict, cats: dict) -> dict:
             "ref_ids": [], "sentences": [], "sent_ids": []}
 
 
-# --- synth -------------------------------------------------------------------------------------
-
-_CATEGORIES = ("person", "dog", "cat", "car", "chair", "cup")
-_SPLITS = ("train", "train", "val", "testA", "testB")
-_PHRASES = ("left {n}", "the {n} on the right", "{n} in the middle", "big {n}", "small {n}")
-
-
-def _add_ann(doc: dict, image_id: int, seg: Any, h: int, w: int, cat: int) -> int:
-    bbox = [0.0] * 4  # the injected bad polygon has none
-    if seg is not _synth.BAD_POLYGON:
-        rle = (mask_utils.merge(mask_utils.frPyObjects(seg, h, w)) if isinstance(seg, list)
-               else mask_utils.frPyObjects(seg, h, w))
-        bbox = [float(v) for v in mask_utils.toBbox(rle)]
-    ann_id = len(doc["annotations"]) + 1
-    doc["annotations"].append({"id": ann_id, "image_id": image_id, "category_id": cat,
-                               "segmentation": seg, "bbox": bbox, "area": bbox[2] * bbox[3],
-                               "iscrowd": int(isinstance(seg, dict))})
-    return ann_id
-
-
-def _add_ref(refs: list, rng: np.random.Generator, *, image_id: int, ann_id: int, cat: int,
-             split: str, file_name: str) -> None:
-    noun = _CATEGORIES[cat - 1]
-    sents = []
-    for _ in range(int(rng.integers(1, 4))):
-        raw = str(rng.choice(_PHRASES)).format(n=noun).capitalize()
-        sents.append({"tokens": raw.lower().split(), "raw": raw, "sent_id": 1000 + len(refs) * 4
-                      + len(sents), "sent": raw.lower()})
-    refs.append({"ref_id": len(refs) + 1, "ann_id": ann_id, "image_id": image_id, "split": split,
-                 "sentences": sents, "sent_ids": [s["sent_id"] for s in sents],
-                 "category_id": cat, "file_name": file_name[:-4] + f"_{len(refs) + 1}.jpg"})
-
-
-def _add_image(doc: dict, out_dir: Path, image_id: int, data: bytes, h: int, w: int) -> str:
-    name = f"COCO_train2014_{image_id:012d}.jpg"
-    (out_dir / "images" / name).write_bytes(data)
-    doc["images"].append({"id": image_id, "file_name": name, "height": h, "width": w})
-    return name
-
-
-def _synth_image(doc: dict, refs: list, out_dir: Path, rng: np.random.Generator, *,
-                 image_id: int) -> None:
-    h, w = _synth.SIZES[image_id % len(_synth.SIZES)]
-    name = _add_image(doc, out_dir, image_id, _synth.encode_image(_synth.make_image(rng, h, w)),
-                      h, w)
-    shapes = _synth.random_objects(rng, h, w, int(rng.integers(2, 5)))
-    if image_id % 3 == 0:
-        shapes.append(("box", _synth.tiny_box(h, w)))
-    split = _SPLITS[image_id % len(_SPLITS)]
-    for j, (kind, shape) in enumerate(shapes):
-        # RefCOCO objects are polygons; a box is a 4-point polygon, a few are crowd RLE
-        if kind == "box":
-            y0, x0, y1, x1 = shape
-            seg: Any = [[x0, y0, x1, y0, x1, y1, x0, y1]]
-        else:
-            seg = _synth.segmentation(kind, shape, h, w, style=0 if j % 4 else 2)
-        cat = int(rng.integers(1, len(_CATEGORIES) + 1))
-        ann_id = _add_ann(doc, image_id, seg, h, w, cat)
-        if j == 1:
-            continue  # an object nobody refers to: not in the sample
-        for _ in range(2 if j == 0 and image_id % 4 == 2 else 1):  # sometimes referred twice
-            _add_ref(refs, rng, image_id=image_id, ann_id=ann_id, cat=cat, split=split,
-                     file_name=name)
-
-
-def _synth_fault(doc: dict, refs: list, out_dir: Path, rng: np.random.Generator, *,
-                 image_id: int, fault: str) -> None:
-    h, w = 240, 320
-    good = _synth.encode_image(_synth.make_image(rng, h, w))
-    name = _add_image(doc, out_dir, image_id,
-                      good[: len(good) // 3] if fault == "corrupt_image" else good, h, w)
-    seg: Any = [_synth.ellipse_polygon(160, 120, 60, 40)]
-    if fault == "missing_image":
-        (out_dir / "images" / name).unlink()
-    elif fault == "size_mismatch":
-        doc["images"][-1]["height"] = h + 10
-    elif fault == "bad_polygon":
-        seg = _synth.BAD_POLYGON
-    ann_id = _add_ann(doc, image_id, seg, doc["images"][-1]["height"], w, cat=1)
-    if fault == "bad_rle":  # a crowd RLE cut short
-        good_rle = _synth.segmentation("box", (20, 30, 120, 200), h, w, style=1)
-        doc["annotations"][-1]["segmentation"] = _synth.truncated_rle(good_rle)
-    elif fault == "missing_ann":
-        ann_id = 99_000 + image_id
-    _add_ref(refs, rng, image_id=image_id, ann_id=ann_id, cat=1, split="train", file_name=name)

@@ -37,9 +37,7 @@ Source id: the video name (ReVOS names hold `/`; the key replaces it).
 from __future__ import annotations
 
 import json
-import pickle
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -47,20 +45,12 @@ from pycocotools import mask as mask_utils
 
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
-from sa2va_shards.readers import _synth
-from sa2va_shards.readers._safe_pickle import safe_load
+from sa2va_shards.readers.base import BaseReader
 from sa2va_shards.readers.sav import _spread
 from sa2va_shards.records import ItemRef, RawClip, bad_item
-from sa2va_shards.safe_io import (
-    DuplicateKeyDict,
-    duplicate_keys,
-    load_json,
-    load_setup_json,
-    open_regular,
-    read_data_file,
-)
+from sa2va_shards.safe_io import DuplicateKeyDict, duplicate_keys
 
-__all__ = ["REFVIDEO_FAULTS", "MevisReader", "RefYtvosReader", "RevosReader"]
+__all__ = ["LAYOUTS", "MevisReader", "RefYtvosReader", "RevosReader"]
 
 #: per format: (expression file, mask file, frame folder), relative to root.
 LAYOUTS: dict[str, tuple[str, str, str]] = {
@@ -69,19 +59,12 @@ LAYOUTS: dict[str, tuple[str, str, str]] = {
     "refytvos": ("meta_expressions/train/meta_expressions.json", "mask_dict.pkl",
                  "train/JPEGImages"),
 }
-#: fault kinds `synth` can inject: one video each, named `fault_<kind>`.
-REFVIDEO_FAULTS: tuple[str, ...] = (
-    "missing_frame", "corrupt_frame", "frame_sizes", "bad_rle", "size_mismatch",
-    "missing_mask_id", "mask_length", "bad_expression", "no_expressions", "unsafe_frame_name",
-)
 
 
 @dataclass(frozen=True, kw_only=True)
-class _RefVideoReader:
+class _RefVideoReader(BaseReader):
     """Shared reader; the subclasses fix the format (`name`)."""
 
-    name: ClassVar[str] = ""
-    root: str
     #: expression file, mask file and frame folder relative to root; None: the format's layout.
     expressions: str | None = None
     masks: str | None = None
@@ -118,8 +101,8 @@ class _RefVideoReader:
         return items
 
     def _videos(self) -> dict:
-        path = Path(self.root) / self.expressions
-        doc, _ = load_setup_json(path, unreadable="cannot read the expression file",
+        path = self.path(self.expressions)
+        doc, _ = self.setup_json(self.expressions, unreadable="cannot read the expression file",
                                  missing="expression file not found (check reader.root and "
                                          "reader.options.expressions)")
         videos = doc.get("videos") if isinstance(doc, dict) else None
@@ -131,17 +114,11 @@ class _RefVideoReader:
 
     def _mask_dict(self) -> dict:
         """mask id -> per-frame RLEs; one file for the whole set, so a bad one stops the build."""
-        path = Path(self.root) / self.masks
-        try:
-            with open_regular(path) as f:
-                doc = (safe_load(f, name=path.name) if path.suffix in (".pkl", ".p", ".pickle")
-                       else load_json(f)[0])
-        except FileNotFoundError as e:
-            raise ConfigError(f"{path}: mask file not found (check reader.options.masks)") from e
-        except (OSError, ValueError, pickle.UnpicklingError) as e:
-            raise ConfigError(f"{path}: cannot read the mask file: {e}") from e
-        except SampleError as e:  # an unsafe or expanding pickle
-            raise ConfigError(f"{path}: {e.reason.value}: {e.detail}") from e
+        path = self.path(self.masks)
+        how = {"unreadable": "cannot read the mask file",
+               "missing": "mask file not found (check reader.options.masks)"}
+        doc = (self.setup_pickle(self.masks, **how) if path.suffix in (".pkl", ".p", ".pickle")
+               else self.setup_json(self.masks, **how)[0])
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: expected an object of mask ids, got {type(doc).__name__}")
         if all(isinstance(k, str) for k in doc):
@@ -188,24 +165,15 @@ class _RefVideoReader:
                   "video_frame_count": len(names), "format": self.name})
 
     def _frames(self, vid: str, names: list[str]) -> np.ndarray:
-        base = Path(self.root) / self.frames_dir
         frames = []
         for name in names:
-            rel = f"{vid}/{name}.jpg"
-            data = read_data_file(base, rel, shown=f"{self.frames_dir}/{rel}")
-            frames.append(ops.decode_image(data, max_pixels=self.max_pixels,
-                                           name=f"{self.frames_dir}/{rel}"))
+            shown, data = self.read_data(self.frames_dir, f"{vid}/{name}.jpg")
+            frames.append(ops.decode_image(data, max_pixels=self.max_pixels, name=shown))
         if len({f.shape for f in frames}) != 1:
             sizes = sorted({f.shape[:2] for f in frames})
             raise SampleError(Reason.CORRUPT_VIDEO,
                               f"{self.frames_dir}/{vid}: frames differ in size {sizes}")
         return np.stack(frames)
-
-    @classmethod
-    def synth(cls, out_dir: Path, *, n_items: int = 6, seed: int = 0,
-              faults: tuple[str, ...] = ()) -> Path:
-        """Write a small set in this format's layout (see `_write_synth`)."""
-        return _write_synth(cls.name, Path(out_dir), n_items=n_items, seed=seed, faults=faults)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -379,156 +347,3 @@ def _frame_row(masks: dict, objects: list[dict], t: int, h: int, w: int,
     return tuple(row)
 
 
-# --- synth ------------------------------------------------------------------------------------
-
-_COLOURS = ((230, 40, 40), (40, 200, 60), (40, 80, 230))
-_NAMES = ("red", "green", "blue")
-
-
-def _object_masks(t: int, h: int, w: int) -> np.ndarray:
-    """(4, h, w): three boxes moving right (the blue one absent in odd frames) and a 2x2
-    object no grid point hits."""
-    m = np.zeros((4, h, w), np.uint8)
-    bh, bw = h // 5, w // 5
-    for k in range(3):
-        if k == 2 and t % 2:
-            continue
-        y0, x0 = (10 + (bh + 8) * k) % (h - bh), (5 + 4 * t + 15 * k) % (w - bw)
-        m[k, y0:y0 + bh, x0:x0 + bw] = 1
-    m[3, 1:3, 1:3] = 1
-    return m
-
-
-def _draw_video(rng: np.random.Generator, n_frames: int, h: int, w: int
-                ) -> tuple[list[bytes], np.ndarray]:
-    """JPEG frames and the (T, 4, h, w) masks drawn in them."""
-    jpegs, masks = [], []
-    for t in range(n_frames):
-        m = _object_masks(t, h, w)
-        frame = _synth.make_image(rng, h, w) // 3
-        for k, colour in enumerate(_COLOURS):
-            frame[m[k] == 1] = colour
-        jpegs.append(_synth.encode_image(frame))
-        masks.append(m)
-    return jpegs, np.stack(masks)
-
-
-#: (object columns, expression) per video: columns are masks of `_object_masks`; two columns
-#: make a multi-object expression (MeViS / ReVOS only).
-_EXPRESSIONS = (((0,), "The red box moving right."), ((1,), "green box"),
-                ((0,), "the box that leads"), ((2,), "A blue box that blinks"),
-                ((0, 1), "the red and the green boxes"), ((3,), "the tiny dot"),
-                ((2,), "what blinks on and off?"))
-
-
-class _SynthSet:
-    """The expression and mask documents being written."""
-
-    def __init__(self, fmt: str) -> None:
-        self.fmt, self.videos, self.masks, self.next_id = fmt, {}, {}, 0
-
-    def add_mask(self, per_frame: list[dict | None]) -> int:
-        self.masks[str(self.next_id)] = per_frame
-        self.next_id += 1
-        return self.next_id - 1
-
-
-def _rle_list(masks: np.ndarray, as_bytes: bool) -> list[dict | None]:
-    """(T, h, w) -> per frame a compressed RLE, or None where the mask is empty."""
-    out = []
-    for r, m in zip(ops.rle_encode(masks), masks, strict=True):
-        c = r["counts"].encode() if as_bytes else r["counts"]
-        out.append({"size": list(r["size"]), "counts": c} if m.any() else None)
-    return out
-
-
-def _frame_names_for(fmt: str, n: int) -> list[str]:
-    step = 5 if fmt == "refytvos" else 1  # Ref-YouTube-VOS keeps every 5th frame of 30 fps
-    return [f"{i * step:05d}" for i in range(n)]
-
-
-def _synth_video(s: _SynthSet, out: Path, frames_dir: str, vid: str, rng: np.random.Generator,
-                 n_frames: int, fault: str | None) -> None:
-    h, w = (120, 160) if n_frames % 2 else (96, 128)
-    jpegs, masks = _draw_video(rng, n_frames, h, w)
-    names = _frame_names_for(s.fmt, n_frames)
-    for name, data in zip(names, jpegs, strict=True):
-        path = out / frames_dir / vid / f"{name}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    exps, per_col, tiny = {}, {}, ""
-    for j, (cols, text) in enumerate(e for e in _EXPRESSIONS
-                                     if not (s.fmt == "refytvos" and len(e[0]) > 1)):
-        if s.fmt == "refytvos":  # a copy of the object's masks per expression
-            ids = [s.add_mask(_rle_list(masks[:, cols[0]], as_bytes=True))]
-            exps[str(j)] = {"exp": text, "obj_id": str(cols[0] + 1)}
-        else:
-            for c in cols:
-                if c not in per_col:
-                    per_col[c] = s.add_mask(_rle_list(masks[:, c], as_bytes=False))
-            ids = [per_col[c] for c in cols]
-            exps[str(j)] = {"exp": text, "obj_id": [c + 1 for c in cols], "anno_id": ids}
-        tiny = str(ids[0]) if cols == (3,) else tiny
-    s.videos[vid] = {"vid_id": len(s.videos), "frames": list(reversed(names)),
-                     "expressions": exps}
-    if fault:  # the mask faults hit the dot's masks (one expression refers to it)
-        _inject(s, out, frames_dir, vid, names, fault, tiny)
-
-
-def _inject(s: _SynthSet, out: Path, frames_dir: str, vid: str, names: list[str], fault: str,
-            mid: str) -> None:
-    """Break video `vid` in one way (`mid`: one of its mask ids)."""
-    frame = out / frames_dir / vid / f"{names[1]}.jpg"
-    exps = s.videos[vid]["expressions"]
-    if fault == "missing_frame":
-        frame.unlink()
-    elif fault == "corrupt_frame":
-        frame.write_bytes(frame.read_bytes()[:200])
-    elif fault == "frame_sizes":
-        frame.write_bytes(_synth.encode_image(np.zeros((50, 60, 3), np.uint8)))
-    elif fault == "bad_rle":
-        first = next(r for r in s.masks[mid] if r is not None)
-        counts = first["counts"]
-        first["counts"] = counts[: len(counts) // 2] + (b"zz" if isinstance(counts, bytes)
-                                                        else "zz")
-    elif fault == "size_mismatch":
-        for r in s.masks[mid]:
-            if r is not None:
-                r["size"] = [r["size"][0] + 8, r["size"][1]]
-    elif fault == "missing_mask_id":
-        del s.masks[mid]
-    elif fault == "mask_length":
-        s.masks[mid].pop()
-    elif fault == "bad_expression":
-        exps["0"]["exp"] = 5
-    elif fault == "no_expressions":
-        exps.clear() if s.fmt != "refytvos" else exps["0"].update(exp="")
-    elif fault == "unsafe_frame_name":
-        s.videos[vid]["frames"][0] = "../../escape"
-
-
-def _write_synth(fmt: str, out: Path, *, n_items: int, seed: int,
-                 faults: tuple[str, ...]) -> Path:
-    """Videos of 6-9 frames (two frame sizes) with three moving boxes (one absent in odd frames)
-    and a 2x2 dot (K = 0), expressions with a repeated target, a multi-object expression
-    (MeViS / ReVOS) and a question; frame lists written unsorted and videos in reverse order
-    (the reader sorts both); plus one broken video per fault."""
-    unknown = set(faults) - set(REFVIDEO_FAULTS)
-    if unknown:
-        raise ValueError(f"unknown faults {sorted(unknown)}; known: {REFVIDEO_FAULTS}")
-    exp_file, mask_file, frames_dir = LAYOUTS[fmt]
-    rng = np.random.default_rng(seed)
-    s = _SynthSet(fmt)
-    jobs = [(f"vid_{i:04d}", 6 + i % 4, None) for i in range(n_items)]
-    jobs += [(f"fault_{f}", 6, f) for f in faults]
-    for vid, n_frames, fault in sorted(jobs):  # mask ids count in sorted video order
-        _synth_video(s, out, frames_dir, vid, rng, n_frames, fault)
-    videos = dict(reversed(list(s.videos.items())))
-    (out / exp_file).parent.mkdir(parents=True, exist_ok=True)
-    (out / exp_file).write_text(json.dumps({"videos": videos}))
-    if mask_file.endswith(".pkl"):
-        with open(out / mask_file, "wb") as f:
-            pickle.dump(s.masks, f, protocol=4)
-    else:
-        (out / mask_file).write_text(json.dumps(s.masks))
-    return out

@@ -19,51 +19,34 @@ frame, no `_manual.json`): see `sav_png`.
 
 from __future__ import annotations
 
-import io
-import json
 import os
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
-from pycocotools import mask as mask_utils
 
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
-from sa2va_shards.readers import _synth, sav_png
+from sa2va_shards.readers import sav_png
+from sa2va_shards.readers.base import BaseReader
 from sa2va_shards.records import ItemRef, RawClip, bad_item
-from sa2va_shards.safe_io import (
-    check_regular,
-    data_path,
-    duplicate_keys,
-    load_json,
-    load_setup_json,
-    read_data_file,
-)
+from sa2va_shards.safe_io import check_regular, data_path, duplicate_keys, load_json
 
-__all__ = ["SAV_FAULTS", "SavReader"]
+__all__ = ["ANNOTATION_STEP", "SavReader"]
 
 #: video frames per annotated frame (24 fps video, 6 fps masklets).
 ANNOTATION_STEP = 4
 #: SA-V's frame rate; an mp4 at another rate is `corrupt_video` (23.976 passes).
 VIDEO_FPS = 24
 FPS_TOLERANCE = 0.05
-#: fault kinds `synth` can inject, one clip each (ids sav_900000 + j). `rotated`: 90 degree
-#: display rotation with masks in display orientation; `rotated_180`: 180 degrees. The
-#: extracted frames of both are written rotated (as ffmpeg does), so they match their masks.
-#: `bad_masklet`: `masklet_id` one short of the masklet columns.
-SAV_FAULTS: tuple[str, ...] = ("corrupt_video", "size_mismatch", "missing_video", "rotated",
-                               "rotated_180", "bad_masklet")
 
 
 @dataclass(frozen=True, kw_only=True)
-class SavReader:
+class SavReader(BaseReader):
     """Reads every `*_manual.json` under `<root>/<videos>` with its mp4 (or frame folder),
     plus object captions from a Ref-SAV expression file when `expressions` is set."""
 
     name: ClassVar[str] = "sav"
-    root: str
     videos: str = "."
     layout: Literal["mp4", "frames", "png"] = "mp4"
     #: folder of extracted frames (layout `frames`), relative to root.
@@ -101,7 +84,7 @@ class SavReader:
         50k videos; the JSON is read by the one task that builds the clip)."""
         if self.layout == "png":
             return sav_png.list_png_items(self)
-        base = Path(self.root) / self.videos
+        base = self.path(self.videos)
         if not base.is_dir():
             raise ConfigError(f"{base}: SA-V video folder not found (check reader.root)")
         captions, bad_captions = self._expressions()
@@ -126,8 +109,8 @@ class SavReader:
         without its captions)."""
         if self.expressions is None:
             return {}, {}
-        path = Path(self.root) / self.expressions
-        doc, dups = load_setup_json(path, unreadable="cannot read the expression file")
+        path = self.path(self.expressions)
+        doc, dups = self.setup_json(self.expressions, unreadable="cannot read the expression file")
         if not isinstance(doc, dict):
             raise ConfigError(f"{path}: expected an object of videos, got {type(doc).__name__}")
         captions, bad = {}, {}
@@ -168,7 +151,7 @@ class SavReader:
 
     def _annotation(self, ref: ItemRef) -> dict[str, Any]:
         rel = ref.data["annotation"]
-        data = read_data_file(self.root, rel, shown=rel, missing=Reason.BAD_ANNOTATION)
+        _, data = self.read_data("", rel, missing=Reason.BAD_ANNOTATION)
         try:
             doc, dups = load_json(data)
         except ValueError as e:
@@ -235,35 +218,11 @@ class SavReader:
         folder = f"{self.frames_dir}/{ref.source_id}"
         frames = []
         for i in frame_ids:
-            rel = f"{folder}/{i:05d}.jpg"
-            data = read_data_file(self.root, rel, shown=rel)
+            rel, data = self.read_data("", f"{folder}/{i:05d}.jpg")
             frames.append(ops.decode_image(data, max_pixels=self.max_pixels, name=rel))
         if len({f.shape for f in frames}) != 1:
             raise SampleError(Reason.CORRUPT_VIDEO, f"{folder}: frames differ in size")
         return np.stack(frames)
-
-    @staticmethod
-    def synth(out_dir: Path, *, n_items: int = 3, seed: int = 0,
-              faults: tuple[str, ...] = ()) -> Path:
-        """Write SA-V clips: a real H.264 mp4 (PyAV) of moving shapes, the same frames as JPEGs
-        (frames layout), and `_manual.json` masklets drawn from the same shapes at 6 fps;
-        plus one broken clip per fault in SAV_FAULTS."""
-        unknown = set(faults) - set(SAV_FAULTS)
-        if unknown:
-            raise ValueError(f"unknown faults {sorted(unknown)}; known: {SAV_FAULTS}")
-        rng = np.random.default_rng(seed)
-        ids = [f"sav_{i + 1:06d}" for i in range(n_items)]
-        for i, video_id in enumerate(ids):
-            _write_clip(out_dir, video_id, rng, n_frames=24 + 8 * (i % 2))
-        for j, fault in enumerate(faults):
-            _write_clip(out_dir, f"sav_{900_000 + j:06d}", rng, n_frames=16, fault=fault)
-        refsav = {vid: {"video_path": f"{vid}.mp4", "anno_path": f"{vid}_manual.json",
-                        "objects": {str(k): {"formated": f"The {name} box slides to the right.",
-                                             "short_caps": [f"{name} box"]}
-                                    for k, name in enumerate(("red", "green", "tiny"))}}
-                  for vid in ids}
-        (out_dir / "sam_v_final_v3.json").write_text(json.dumps(refsav))
-        return out_dir
 
 
 def _spread(frames: list[int], cap: int | None) -> list[int]:
@@ -338,105 +297,3 @@ def _check_rotation(frame_hw: tuple[int, int], rles: tuple[tuple[dict, ...], ...
         raise SampleError(Reason.ROTATED_VIDEO,
                           f"{name}: {rotation} degree rotation metadata; the masks have the "
                           f"stored size, so their orientation cannot be told")
-
-
-_SHAPE_COLORS = ((230, 40, 40), (40, 200, 60), (40, 80, 230))
-
-
-def _clip_masks(t: int, h: int, w: int, n_obj: int) -> np.ndarray:
-    """(n_obj, h, w) masks of boxes moving right, plus a 2x2 object no grid point hits."""
-    masks = np.zeros((n_obj, h, w), np.uint8)
-    u = h / 120  # sizes scale with the frame (the tests use 160x120)
-    bh, bw = int(25 * u), int(35 * u)
-    for k in range(n_obj - 1):
-        y0 = int((10 + 30 * k) * u) % max(h - bh, 1)
-        x0 = int((5 + 3 * t + 20 * k) * u) % max(w - bw, 1)
-        masks[k, y0:y0 + bh, x0:x0 + bw] = 1
-    masks[-1, 1:3, 1:3] = 1  # K = 0 under nearest (inside cell (0, 0), off its sample point)
-    return masks
-
-
-#: counter-clockwise display rotation (quarter turns) of the rotation faults.
-_ROTATION_FAULTS = {"rotated": 1, "rotated_180": 2}
-
-
-def _draw_clip(rng: np.random.Generator, n_frames: int, h: int, w: int, n_obj: int,
-               fault: str | None) -> tuple[list[np.ndarray], list[list[dict]]]:
-    """The stored frames and, every ANNOTATION_STEP frames, the masklet row (RLEs)."""
-    frames, masklet = [], []
-    for t in range(n_frames):
-        masks = _clip_masks(t, h, w, n_obj)
-        frame = _synth.make_image(rng, h, w) // 3
-        for k in range(n_obj - 1):
-            frame[masks[k] == 1] = _SHAPE_COLORS[k % len(_SHAPE_COLORS)]
-        frames.append(frame)
-        if t % ANNOTATION_STEP:
-            continue
-        if fault == "size_mismatch":
-            masks = np.zeros((n_obj, h + 8, w), np.uint8)
-        elif fault in _ROTATION_FAULTS:  # annotated as a player shows the video
-            masks = np.ascontiguousarray(np.rot90(masks, _ROTATION_FAULTS[fault], axes=(1, 2)))
-        masklet.append([{"size": r["size"], "counts": r["counts"]} for r in ops.rle_encode(masks)])
-    return frames, masklet
-
-
-def _encode_mp4(frames: list[np.ndarray], rotation: int = 0) -> bytes:
-    """H.264 mp4 at 24 fps (near-lossless), with a display rotation (degrees) if not 0."""
-    import av
-
-    h, w = frames[0].shape[:2]
-    buf = io.BytesIO()
-    with av.open(buf, mode="w", format="mp4") as container:
-        # the demo's inputs must be byte-reproducible: x264 differs from run to run with
-        # threads, and (measured here) with its macroblock-tree lookahead even on one thread
-        stream = container.add_stream("libx264", rate=24, options={
-            "crf": "12", "x264-params": "threads=1:mbtree=0:rc-lookahead=0"})
-        stream.codec_context.thread_count = 1
-        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
-        if rotation:
-            stream.set_display_rotation(rotation)  # recent PyAV only; synth faults only
-        for f in frames:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
-        container.mux(stream.encode())
-    return buf.getvalue()
-
-
-def _write_clip(out_dir: Path, video_id: str, rng: np.random.Generator, *, n_frames: int,
-                fault: str | None = None, size: tuple[int, int] = (120, 160),
-                n_obj: int = 3) -> None:
-    """One clip: mp4, extracted JPEG frames and `_manual.json`, with `fault` injected."""
-    frames, masklet = _draw_clip(rng, n_frames, *size, n_obj, fault)
-    quarter = _ROTATION_FAULTS.get(fault, 0)
-    data = _encode_mp4(frames, 90 * quarter)
-    if fault == "corrupt_video":
-        data = data[: len(data) // 3]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    if fault != "missing_video":
-        (out_dir / f"{video_id}.mp4").write_bytes(data)
-    frame_dir = out_dir / "JPEGImages_24fps" / video_id
-    frame_dir.mkdir(parents=True, exist_ok=True)
-    for t, f in enumerate(frames):  # extracted as ffmpeg does: display rotation applied
-        f = np.ascontiguousarray(np.rot90(f, quarter))
-        (frame_dir / f"{t:05d}.jpg").write_bytes(_synth.encode_image(f))
-    ids = list(range(n_obj - 1 if fault == "bad_masklet" else n_obj))
-    manual = _manual_json(video_id, masklet, ids, n_frames,
-                          *np.rot90(frames[0], quarter).shape[:2])
-    (out_dir / f"{video_id}_manual.json").write_text(json.dumps(manual))
-    sav_png.write_png_layout(out_dir, manual, video_id)  # the val / test release's masks
-
-
-def _manual_json(video_id: str, masklet: list, ids: list[int], n_frames: int, h: int,
-                 w: int) -> dict[str, Any]:
-    """The SA-V `_manual.json` document (all published keys; only some are read)."""
-    n_obj = len(masklet[0])
-    return {
-        "video_id": video_id, "video_duration": n_frames / 24, "video_frame_count": n_frames,
-        "video_height": h, "video_width": w, "video_resolution": h * w,
-        "video_environment": "Indoor", "video_split": "train", "masklet": masklet,
-        "masklet_id": ids, "masklet_size_rel": [0.01] * n_obj,
-        "masklet_size_abs": [float(mask_utils.area(masklet[0][k])) for k in range(n_obj)],
-        "masklet_size_bucket": ["small"] * n_obj, "masklet_visibility_changes": [0] * n_obj,
-        "masklet_first_appeared_frame": [0.0] * n_obj,
-        "masklet_frame_count": [len(masklet)] * n_obj,
-        "masklet_edited_frame_count": [0] * n_obj, "masklet_type": ["manual"] * n_obj,
-        "masklet_stability_score": [[1.0] * len(masklet)] * n_obj, "masklet_num": n_obj}

@@ -24,17 +24,11 @@ from PIL import Image
 from sa2va_shards import ops
 from sa2va_shards.errors import ConfigError, Reason, SampleError
 from sa2va_shards.records import ItemRef, RawClip, bad_item
-from sa2va_shards.safe_io import read_data_file
 
 if TYPE_CHECKING:
     from sa2va_shards.readers.sav import SavReader
 
-__all__ = ["PNG_FAULTS", "break_png_layout", "list_png_items", "load_png_clip",
-           "write_png_layout"]
-
-#: faults `break_png_layout` can inject into a synthesised PNG layout (one video each).
-PNG_FAULTS: tuple[str, ...] = ("missing_png", "corrupt_png", "two_objects_in_png",
-                               "png_size_mismatch", "missing_frame", "bad_frame_name")
+__all__ = ["list_png_items", "load_png_clip"]
 
 
 def _names(path: Path) -> list[str]:
@@ -47,7 +41,7 @@ def list_png_items(reader: SavReader) -> list[ItemRef]:
     objects and annotated frame names, from the listing alone."""
     if reader.expressions is not None:  # Ref-SAV captions index the train masklet columns
         raise ConfigError("sav layout png (val / test) takes no Ref-SAV `expressions`")
-    base = Path(reader.root) / reader.annotations_dir
+    base = reader.path(reader.annotations_dir)
     if not base.is_dir():
         raise ConfigError(f"{base}: SA-V annotation folder not found (check reader.root and "
                           "reader.options.annotations_dir)")
@@ -58,7 +52,7 @@ def list_png_items(reader: SavReader) -> list[ItemRef]:
 def _video_ids(reader: SavReader, base: Path) -> list[str]:
     if reader.video_list is None:
         return [n for n in _names(base) if (base / n).is_dir()]
-    path = Path(reader.root) / reader.video_list
+    path = reader.path(reader.video_list)
     try:
         text = path.read_text()
     except OSError as e:
@@ -122,9 +116,7 @@ def load_png_clip(reader: SavReader, ref: ItemRef) -> RawClip:
 def _png_rle(reader: SavReader, rel: str, h: int, w: int) -> dict:
     """One object's mask PNG as a compressed RLE at the PNG's size (a size other than the
     frame's is a `mask_size_mismatch` in the transform)."""
-    shown = f"{reader.annotations_dir}/{rel}"
-    data = read_data_file(Path(reader.root) / reader.annotations_dir, rel, shown=shown,
-                          missing=Reason.BAD_SEGMENTATION)
+    shown, data = reader.read_data(reader.annotations_dir, rel, missing=Reason.BAD_SEGMENTATION)
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.width * im.height > reader.max_pixels:
@@ -142,42 +134,3 @@ def _png_rle(reader: SavReader, rel: str, h: int, w: int) -> dict:
                           f"{shown}: {values.size} non-zero values; SA-V masks hold one object "
                           "per PNG", stage="decode")
     return ops.rle_encode((a != 0).astype(np.uint8)[None])[0]
-
-
-# --- synth ------------------------------------------------------------------------------------
-
-
-def write_png_layout(out_dir: Path, manual: dict, video_id: str) -> None:
-    """The val/test annotation of one synthesised clip, from its `_manual.json` document:
-    one 0/255 PNG per masklet column and annotated frame."""
-    from pycocotools import mask as mask_utils
-
-    for t, row in enumerate(manual["masklet"]):
-        for col, rle in enumerate(row):
-            path = out_dir / "Annotations_6fps" / video_id / f"{col:03d}" / f"{4 * t:05d}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            m = mask_utils.decode(rle) * 255
-            path.write_bytes(ops.encode_png(m.astype(np.uint8)))
-
-
-def break_png_layout(root: Path, video_id: str, fault: str) -> None:
-    """Inject one of PNG_FAULTS into video `video_id` of a synthesised PNG layout."""
-    obj = root / "Annotations_6fps" / video_id / "000"
-    png = obj / "00004.png"
-    if fault == "missing_png":
-        png.unlink()
-    elif fault == "corrupt_png":
-        png.write_bytes(png.read_bytes()[:40])
-    elif fault == "two_objects_in_png":
-        a = np.asarray(Image.open(png)).copy()
-        a[0, 0], a[0, 1] = 1, 2
-        png.write_bytes(ops.encode_png(a))
-    elif fault == "png_size_mismatch":
-        a = np.asarray(Image.open(png))
-        png.write_bytes(ops.encode_png(np.pad(a, ((0, 8), (0, 0)))))
-    elif fault == "missing_frame":
-        (root / "JPEGImages_24fps" / video_id / "00004.jpg").unlink()
-    elif fault == "bad_frame_name":
-        png.rename(obj / "frame4.png")
-    else:
-        raise ValueError(f"unknown fault {fault!r}; known: {PNG_FAULTS}")

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from sa2va_shards.readers import _synth
+from sa2va_shards.synth import common as _synth
 
 __all__ = ["FAULT_FILE", "GCG_FAULTS", "write"]
 

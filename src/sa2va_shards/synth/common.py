@@ -1,9 +1,12 @@
-"""Shared helpers for the readers' `synth`: photo-like images and object shapes whose correct
+"""Shared helpers of the synthesisers: photo-like images and object shapes whose correct
 outputs can be derived (rectangles, ellipses, a few-pixel object that no grid point hits)."""
 
 from __future__ import annotations
 
 import io
+import pickle
+from collections import OrderedDict
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -15,9 +18,9 @@ __all__ = [
     "box_mask",
     "ellipse_polygon",
     "encode_image",
-    "exploit_pickle",
     "make_image",
     "random_objects",
+    "refused_pickle",
     "rle_runs",
     "segmentation",
     "shape_mask",
@@ -146,9 +149,9 @@ def truncated_rle(seg: dict) -> dict:
 BAD_POLYGON: list[list[float]] = [[10.0, 10.0, 50.0, 50.0]]
 
 
-def exploit_pickle(command: str) -> bytes:
-    """Protocol-0 pickle bytes that call `os.system(command)` when loaded by a plain
-    `pickle.loads`: the `unsafe_pickle` fault (our readers must refuse it unexecuted)."""
-    if "\n" in command:
-        raise ValueError("command must be one line")
-    return b"cos\nsystem\n(V" + command.encode("raw_unicode_escape") + b"\ntR."
+def refused_pickle(data: Any) -> bytes:
+    """`data` inside a `collections.OrderedDict`: the `unsafe_pickle` fault. The pickle names a
+    class, so the readers' restricted unpickler must refuse it (as it refuses any global outside
+    its allow-list, `os.system` included); loaded by plain `pickle` it only builds a dict, so the
+    installed package ships no code-running pickle (the tests build a real exploit)."""
+    return pickle.dumps(OrderedDict(data=data), protocol=2)

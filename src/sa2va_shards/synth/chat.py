@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sa2va_shards.readers import _synth
+from sa2va_shards.synth import common as _synth
 
 __all__ = ["CHATUNIVI_FAULTS", "LLAVA_FAULTS", "write_chatunivi", "write_llava"]
 
@@ -77,11 +77,11 @@ def write_llava(out: Path, *, n_items: int, seed: int, faults: tuple[str, ...]) 
 
 
 def _video(rng: np.random.Generator, n_frames: int, h: int = 96, w: int = 128) -> bytes:
-    from sa2va_shards.readers.sav import _encode_mp4
+    from sa2va_shards.synth.sav import encode_mp4
 
     base = _synth.make_image(rng, h, w)
     frames = [np.roll(base, 4 * t, axis=1) for t in range(n_frames)]
-    return _encode_mp4(frames)
+    return encode_mp4(frames)
 
 
 def write_chatunivi(out: Path, *, n_items: int, seed: int, faults: tuple[str, ...]) -> Path:
