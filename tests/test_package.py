@@ -122,3 +122,27 @@ def test_paths_the_docs_name_exist():
     missing = [(d.name, p) for d in docs for p in pattern.findall(d.read_text())
                if not (ROOT / p).exists()]
     assert not missing, missing
+
+
+@pytest.mark.parametrize("key", ["out", "root"])
+def test_builds_refuse_object_store_urls_before_writing_and_read_file_urls(tmp_path, key):
+    data = {"dataset": "d", "reader": {"format": "coco", "root": str(tmp_path / "raw")},
+            "out": str(tmp_path / "out")}
+    where = data["reader"] if key == "root" else data
+    where[key] = "s3://bucket/prefix"
+    with pytest.raises(ConfigError, match=r"s3://bucket/prefix: builds read and write local"):
+        parse_config(data)
+    where[key] = f"file://{tmp_path / 'x'}"
+    cfg = parse_config(data)
+    assert (cfg.reader.root if key == "root" else cfg.out) == str(tmp_path / "x")
+    assert not (tmp_path / "s3:").exists() and not Path("s3:").exists()
+
+
+def test_out_on_the_command_line_is_checked_too(tmp_path, monkeypatch):
+    from sa2va_shards.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tmp_path / "c.yaml"
+    cfg.write_text("dataset: d\nreader: {format: coco, root: raw}\n")
+    assert main(["build", str(cfg), "--out", "gs://bucket/x", "--runner", "serial"]) == 2
+    assert not (tmp_path / "gs:").exists()

@@ -313,6 +313,25 @@ def _validate(cfg: BuildConfig) -> None:
         raise ConfigError(f"dataset: {cfg.dataset!r} must be letters, digits, '_' or '-'")
 
 
+def local_path(value: str, key: str) -> str:
+    """A build's `reader.root` or `out` as a local path: builds read and write local or
+    mounted file systems; `file://` is a path; any other URL scheme is refused here, before
+    anything is written (a build to `s3://` would otherwise make a local folder named `s3:`).
+
+    Raises:
+        ConfigError: a URL of another scheme.
+    """
+    scheme, sep, rest = value.partition("://")
+    if not sep:
+        return value
+    if scheme == "file":
+        return rest
+    raise ConfigError(f"{key}: {value}: builds read and write local or mounted file systems, "
+                      f"not {scheme}:// (yet); build to a local or shared folder, then copy the "
+                      "version folder to the store: the loader reads builds on s3:// and any "
+                      "fsspec store")
+
+
 def parse_config(data: dict[str, Any], *, base_dir: Path | None = None) -> BuildConfig:
     """Build a `BuildConfig` from plain data; a relative `reader.root` or `out` resolves against
     `base_dir` (the config file's folder); `--out` on the command line is relative to the
@@ -323,6 +342,9 @@ def parse_config(data: dict[str, Any], *, base_dir: Path | None = None) -> Build
             `reader.options` too (checked against the reader's own fields).
     """
     cfg = _build(BuildConfig, data, "")
+    cfg = dataclasses.replace(
+        cfg, out=local_path(cfg.out, "out"),
+        reader=dataclasses.replace(cfg.reader, root=local_path(cfg.reader.root, "reader.root")))
     if base_dir is not None and not Path(cfg.reader.root).is_absolute():
         root = str((base_dir / cfg.reader.root).resolve())
         cfg = dataclasses.replace(cfg, reader=dataclasses.replace(cfg.reader, root=root))

@@ -7,6 +7,7 @@ decides no bytes and commits nothing."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import logging
 import platform
@@ -23,7 +24,7 @@ from sa2va_shards.build.progress import BuildProgress
 from sa2va_shards.build.provenance import code_fingerprint, code_id, files_fingerprint
 from sa2va_shards.build.runners import Runner, make_runner, ray_available
 from sa2va_shards.build.shard import process_shard
-from sa2va_shards.config import BuildConfig
+from sa2va_shards.config import BuildConfig, local_path
 from sa2va_shards.errors import BuildAborted, ConfigError
 from sa2va_shards.format import SCHEMA_VERSION, preprocessing_block
 from sa2va_shards.manifest import (
@@ -173,6 +174,7 @@ def run_build(cfg: BuildConfig, *, runner: str | Runner = "ray",
         log_json: append JSON-lines events (start, one per shard, end) to this file.
     """
     t0 = time.perf_counter()
+    cfg = dataclasses.replace(cfg, out=local_path(cfg.out, "out"))  # `--out` skips the parse
     _check_out(cfg.out)
     items, partial = _apply_limit(get_reader(cfg.reader).list_items(), limit)
     fingerprint = input_fingerprint(items)
