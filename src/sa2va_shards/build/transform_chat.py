@@ -1,6 +1,6 @@
 """Conversation-only samples (LLaVA-665K, Chat-UniVi) -> processed samples with no objects.
 
-The mask path (`transform.py`) rejects a sample without objects; a conversation-only reader
+The mask path (`build/transform.py`) rejects a sample without objects; a conversation-only reader
 marks its samples (`meta["chat"]`) and they come here instead. The picture goes through the
 same resize, JPEG and tile images as every other sample; the mask members are empty (no GT
 masks, prompt masks of shape (0, G, G) / (T, 0, G, G), K of shape (0,) / (T, 0)). A pure-text

@@ -25,7 +25,6 @@ import numpy as np
 import torch
 
 from sa2va_shards.errors import SampleError
-from sa2va_shards.loader.batch import dynamic_grid, tile_count
 from sa2va_shards.loader.decode import (
     _add_stored_tiles,
     _check_meta,
@@ -34,6 +33,7 @@ from sa2va_shards.loader.decode import (
     sample_frames,
 )
 from sa2va_shards.loader.prompts import image_prompt
+from sa2va_shards.ops.tiles import dynamic_grid, tile_count
 
 __all__ = ["chat_turns", "decode_chat", "is_chat"]
 
@@ -99,7 +99,7 @@ def _picture(raw: dict, meta: dict, kind: str, cfg: Any,
 
 def decode_chat(raw: dict[str, Any], meta: dict, cfg: Any,
                 rng: np.random.Generator) -> dict[str, Any]:
-    """A conversation-only shard sample -> a training sample (see `samples.decode_sample`)."""
+    """A conversation-only shard sample -> a training sample (see `decode.decode_sample`)."""
     kind = meta.get("kind", "image")
     _check_meta({**meta, "kind": "image" if kind == "text" else kind}, cfg)
     if cfg.task not in ("chat", "mixed"):

@@ -11,7 +11,7 @@ One epoch, as every rank and DataLoader worker sees it:
 3. A worker streams the shards its positions name, each front to back, a few at once, and
    skips (reads, never decodes) the samples that are not its own; a shard is closed after its
    last position. A shuffle buffer reorders the raw samples.
-4. Samples are decoded with their source's options (`samples.decode_sample`, choices seeded
+4. Samples are decoded with their source's options (`decode.decode_sample`, choices seeded
    with (seed, epoch, position)) and, with an encoder, tokenized; a sample that fails is
    skipped, counted and reported.
 
@@ -146,7 +146,7 @@ class LoaderConfig:
     #: the worker's resize of a kept source (`image.store`) to the SAM2 input, thumbnail and
     #: tiles: torch's uint8 antialias (within 2 levels of Pillow, ~2.5x faster) or Pillow's
     #: bicubic itself (exactly Sa2VA's pixels). Images decoded on the device
-    #: (`image_decode`) are resized there with `device.resize_images`.
+    #: (`image_decode`) are resized there with `batch.resize_images`.
     resize_backend: Literal["torch", "pillow"] = "torch"
     #: where image JPEGs are decoded (`gpu_decode.py`): `auto` on the device when batches go
     #: to CUDA and torchvision is installed (nvJPEG), else in the workers; `worker` always in

@@ -39,11 +39,11 @@ from sa2va_shards.format import (
     TILES,
     K,
 )
-from sa2va_shards.loader.batch import dynamic_grid, tile_count
 from sa2va_shards.loader.gpu_decode import defer_image
 from sa2va_shards.loader.grounded import gcg_turns, gcg_units, is_gcg
 from sa2va_shards.loader.originals import decode_original, is_original, original_views
 from sa2va_shards.loader.prompts import image_prompt, regions_header
+from sa2va_shards.ops.tiles import dynamic_grid, tile_count
 
 __all__ = [
     "FRAME_MEMBER",
@@ -60,7 +60,7 @@ _BASE_MEMBERS = {IMAGE, "png", META, PROMPT_MASKS, K}
 #: what a sample can be served for: region captioning, referring segmentation.
 TASKS: tuple[str, ...] = ("mask_to_caption", "caption_to_mask")
 #: tasks of builds without region prompts: grounded caption generation (GCG readers) and
-#: stored conversations with no masks (LLaVA-665K, Chat-UniVi; `chat_samples.py`).
+#: stored conversations with no masks (LLaVA-665K, Chat-UniVi; `loader/chat.py`).
 OTHER_TASKS: tuple[str, ...] = ("gcg", "chat")
 
 #: object fields searched, in order, for the object's text (str or list of str).
@@ -530,7 +530,7 @@ def decode_sample(raw: dict[str, Any], cfg: Any, rng: np.random.Generator, *,
     Returns:
         A dict with `image` (T, S, S, 3) uint8, per unit `prompt_masks` bool and `k` int64
         (video: over the chosen frames), GT masks, `conversation`, `objects`, ... (see
-        `device.collate`). A unit is one region (captioning) or one referring target (the
+        `batch.collate`). A unit is one region (captioning) or one referring target (the
         union of a category's instances, or one object).
 
     Raises:

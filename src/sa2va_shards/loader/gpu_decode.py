@@ -5,7 +5,7 @@ Workers then ship an image sample's JPEG bytes (a few hundred KB) instead of its
 pixels (3 MB at 1024), and the main process decodes the whole batch at once on the GPU and
 makes what the worker would have made: the S x S SAM2 input and, for a kept source
 (`image.store`), the 448 thumbnail and tile image, each one antialiased bicubic resample
-(`device.resize_images`: the float kernel rounded on CUDA, within 1 level of the CPU's). The
+(`batch.resize_images`: the float kernel rounded on CUDA, within 1 level of the CPU's). The
 worker still checks each JPEG's header (its size must be what the json records), so a wrong
 member is a counted skip as before; content damage is caught earlier by the sample's content
 hash. Video frames are always decoded in the workers.

@@ -3,7 +3,7 @@
 The worker decodes the source once and makes, each by ONE resample of the original as Sa2VA
 does from the file: the S x S SAM2 input, the 448 thumbnail and, when tiling, the image at its
 dynamic tile grid. They travel as the batch fields a resized build's sample has (`image`,
-`thumb`, `tile_image`), so `device.to_device` uses them as they are and never resamples them.
+`thumb`, `tile_image`), so `batch.to_device` uses them as they are and never resamples them.
 """
 
 from __future__ import annotations

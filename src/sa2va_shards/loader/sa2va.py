@@ -20,7 +20,7 @@ The consumer's contract (Sa2VA `video_lisa_collate_fn` -> `VideoLLaVASAMModel.fo
   `masks` (per such sample uint8 (n_obj * T, H, W), object-major, at the original size); the
   k-th `[SEG]` of a sample predicts its k-th object.
 
-`encode_sample` runs in the loader workers (after `samples.decode_sample`), `collate_sa2va`
+`encode_sample` runs in the loader workers (after `decode.decode_sample`), `collate_sa2va`
 there too, `model_inputs` on the device.
 """
 
