@@ -430,6 +430,13 @@ def test_corrupt_members_are_skipped_and_counted(build, all_keys, tmp_path):
     assert ds.stats["corrupt_image"] == 1 and ds.stats["bad_npy"] == 2
     with pytest.raises(CorruptDataError, match="corrupt_image"):
         list(ShardDataset(copy, LoaderConfig(strict=True, shuffle=False)))
+    # the three damaged samples are consecutive: a tolerance of 3 in a row stops the pass,
+    # one of 4 skips them (the same boundary and rule as the build's shard job)
+    with pytest.raises(CorruptDataError, match="3 consecutive samples failed in worker 0"):
+        list(ShardDataset(copy, LoaderConfig(shuffle=False, max_consecutive_errors=3)))
+    with pytest.warns(CorruptDataWarning):
+        assert len(list(ShardDataset(copy, LoaderConfig(shuffle=False,
+                                                        max_consecutive_errors=4)))) == len(keys)
 
 
 def test_samples_with_nothing_to_serve_are_counted_and_reported_per_pass(build, all_keys,
