@@ -31,9 +31,9 @@ from sa2va_shards.loader.decode import (
     _decode_images,
     _prompt_and_k,
     sample_frames,
+    set_tile_grid,
 )
 from sa2va_shards.loader.prompts import image_prompt
-from sa2va_shards.ops.tiles import dynamic_grid, tile_count
 
 __all__ = ["chat_turns", "decode_chat", "is_chat"]
 
@@ -127,13 +127,7 @@ def decode_chat(raw: dict[str, Any], meta: dict, cfg: Any,
 
 
 def _text(sample: dict, meta: dict, kind: str, cfg: Any) -> None:
-    grid = (1, 1)  # a video frame or the dummy tile: one 448 tile
-    if kind == "image" and cfg.max_tiles > 1:
-        grid = dynamic_grid(int(meta["width"]), int(meta["height"]), max_num=cfg.max_tiles,
-                            image_size=cfg.vision.image_size)
-    if cfg.max_tiles > 1:
-        sample["tile_grid"] = grid
-    n_tiles = tile_count(grid)
+    n_tiles = set_tile_grid(sample, meta, cfg)
     tokens = cfg.vision.tokens_per_image
     sample["num_tiles"] = len(sample["image"]) if kind == "video" else n_tiles
     if kind == "video":

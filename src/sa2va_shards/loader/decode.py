@@ -630,16 +630,22 @@ def _add_gt(sample: dict, raw: dict, kind: str, groups: list[list[int]], meta: d
                                        stored)
 
 
-def _add_text(sample: dict, texts: list[str], meta: dict, cfg: Any,
-              rng: np.random.Generator) -> None:
-    kind, frames = sample["kind"], len(sample["frame_index"])
-    grid = (1, 1)  # videos: one 448 tile per frame, as Sa2VA
-    if kind == "image" and cfg.max_tiles > 1:
+def set_tile_grid(sample: dict, meta: dict, cfg: Any) -> int:
+    """InternVL's tile grid for the sample (`tile_grid`, when tiling is on) and its tile
+    count: video frames (and a text sample's dummy tile) are one 448 tile each, as Sa2VA."""
+    grid = (1, 1)
+    if sample["kind"] == "image" and cfg.max_tiles > 1:
         grid = dynamic_grid(int(meta["width"]), int(meta["height"]), max_num=cfg.max_tiles,
                             image_size=cfg.vision.image_size)
     if cfg.max_tiles > 1:
         sample["tile_grid"] = grid
-    n_tiles = tile_count(grid)
+    return tile_count(grid)
+
+
+def _add_text(sample: dict, texts: list[str], meta: dict, cfg: Any,
+              rng: np.random.Generator) -> None:
+    kind, frames = sample["kind"], len(sample["frame_index"])
+    n_tiles = set_tile_grid(sample, meta, cfg)
     sample["num_tiles"] = frames if kind == "video" else n_tiles  # 448 tiles in `tiles`
     image = _image_block(kind, frames, cfg.vision.tokens_per_image, n_tiles)
     ks = sample["k"][-1] if kind == "video" else sample["k"]
