@@ -107,3 +107,19 @@ def test_another_max_tiles_falls_back_to_the_squash(builds):
     for s in ShardDataset(tiled, LoaderConfig(gt_masks="none", max_tiles=2, shuffle=False)):
         if list(s["tile_grid"]) != s["meta"]["tiles"]["grid"]:
             assert "tile_image" not in s
+
+
+def test_only_samples_without_a_stored_thumbnail_are_resized():
+    """A batch mixing a sample with its build's thumbnail and a 2-frame clip without: the
+    thumbnails are the stored one and the resized frames, as if every frame were resized and
+    the stored one put in its place."""
+    from sa2va_shards.loader.batch import _thumbnails, normalize_images, resize_images
+
+    gen = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8, generator=gen)
+    stored = torch.randint(0, 256, (28, 28, 3), dtype=torch.uint8, generator=gen)
+    out = {"g_pixel_values": images, "frames_per_sample": torch.tensor([1, 2]),
+           "thumb": [stored, None]}
+    expected = normalize_images(resize_images(images, (28, 28)))
+    expected[0] = normalize_images(stored.permute(2, 0, 1)[None])[0]
+    assert torch.equal(_thumbnails(out, 28, torch.float32), expected)

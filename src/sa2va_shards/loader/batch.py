@@ -123,14 +123,21 @@ def unpack_masks(packed: torch.Tensor, *, height: int) -> torch.Tensor:
 _BIT_TABLE = ((torch.arange(256).view(256, 1) >> torch.arange(7, -1, -1)) & 1).to(torch.uint8)
 
 
-def _stored_thumbs(out: dict[str, Any], dtype: torch.dtype) -> None:
-    """Put the build's full-detail 448 thumbnails (`image.tiles`) in place of the ones
-    resized from the S x S image, sample by sample."""
+def _thumbnails(out: dict[str, Any], side: int, dtype: torch.dtype) -> torch.Tensor:
+    """(sum_T, 3, side, side) normalised thumbnails, one per image or frame: a sample's own
+    full-detail thumbnail where it has one (`image.tiles`, or a kept source's one-resample
+    view), else its S x S image resized; only the latter are resized."""
+    images = out["g_pixel_values"]
     starts = (torch.cumsum(out["frames_per_sample"], 0) - out["frames_per_sample"]).tolist()
-    for start, thumb in zip(starts, out.get("thumb") or (), strict=False):
-        if thumb is not None:
-            out["pixel_values"][start] = normalize_images(thumb.permute(2, 0, 1)[None],
-                                                          dtype=dtype)[0]
+    stored = {start: thumb for start, thumb in zip(starts, out.get("thumb") or (), strict=False)
+              if thumb is not None}
+    own = [j for j in range(len(images)) if j not in stored]
+    thumbs = torch.empty((len(images), 3, side, side), dtype=dtype, device=images.device)
+    if own:
+        thumbs[own] = normalize_images(resize_images(images[own], (side, side)), dtype=dtype)
+    for start, thumb in stored.items():
+        thumbs[start] = normalize_images(thumb.permute(2, 0, 1)[None], dtype=dtype)[0]
+    return thumbs
 
 
 def _move(value: Any, device: torch.device, non_blocking: bool) -> Any:
@@ -182,8 +189,7 @@ def to_device(batch: dict[str, Any], device: str | torch.device = "cpu", *,
     out = {k: _move(v, device, non_blocking) for k, v in batch.items()}
     side = vision.image_size
     images = out["g_pixel_values"]
-    out["pixel_values"] = normalize_images(resize_images(images, (side, side)), dtype=dtype)
-    _stored_thumbs(out, dtype)
+    out["pixel_values"] = _thumbnails(out, side, dtype)
     if "tile_grid" in out:
         out["tiles"] = make_tiles(images, out["pixel_values"], out["tile_grid"].cpu(),
                                   out["frames_per_sample"].cpu(), tile=side,
