@@ -13,8 +13,8 @@ from __future__ import annotations
 import contextlib
 import logging
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
 from contextlib import AbstractContextManager as ContextManager
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from sa2va_shards.errors import ConfigError

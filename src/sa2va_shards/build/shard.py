@@ -15,14 +15,14 @@ from pathlib import Path
 
 import numpy as np
 
+from sa2va_shards.build.transform import DroppedObject, transform_sample
+from sa2va_shards.build.writer import ShardWriter
 from sa2va_shards.config import BuildConfig
 from sa2va_shards.errors import ErrorBoundary, Level, SampleError, Tolerance
+from sa2va_shards.format import content_hash, encode_sample
 from sa2va_shards.manifest import save_progress
 from sa2va_shards.readers import get_reader
 from sa2va_shards.records import ItemRef, RejectRecord, SampleRecord, ShardPlan, ShardResult
-from sa2va_shards.format import content_hash, encode_sample
-from sa2va_shards.build.transform import DroppedObject, transform_sample
-from sa2va_shards.build.writer import ShardWriter
 
 __all__ = ["process_shard"]
 
