@@ -80,6 +80,9 @@ def _wrong_argvs(s: dict) -> list[list[str]]:
         ["versions", nothing], ["versions", a_file], ["versions", empty],
         ["diff", str(s["full"])], ["diff", nothing, str(s["full"])],
         ["diff", str(s["full"]), empty],
+        ["gc", nothing, "--keep-last", "1"], ["gc", str(s["dataset"])],
+        ["gc", str(s["dataset"]), "--keep-last", "-1"],
+        ["gc", str(s["dataset"]), "--keep-last", "1", "--keep", "v_no_such"],
         ["synth", "nope", str(tmp / "s1")], ["synth", "coco", str(tmp / "s2"), "--faults", "nope"],
         ["synth", "coco", str(tmp / "s3"), "--n", "0"], ["synth", "coco", a_file],
     ]
