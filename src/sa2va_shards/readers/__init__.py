@@ -6,6 +6,9 @@ A reader is a frozen, picklable dataclass (Ray ships it to workers) with:
 - `load(ref) -> RawSample`: one sample's image bytes and decoded masks; per-item problems raise
   `SampleError` with a reason.
 - `synth(out_dir, *, n_items, seed, faults)`: writes a small dataset in the real on-disk format.
+- optional `item_files(ref) -> list[str]`: every file `load(ref)` may read, relative to root;
+  an incremental build reuses a shard only while those files are unchanged. Without it a
+  shard's recipe holds the whole root's fingerprint (no reuse across any input file change).
 """
 
 from __future__ import annotations
