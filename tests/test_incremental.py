@@ -91,7 +91,8 @@ def _plan(cfg) -> dict[str, tuple[str, ...]]:
 
 
 def _build(cfg, calls: list[str] | None = None):
-    return run_build(cfg, runner="serial", progress=False, shard_fn=_counting([] if calls is None else calls))
+    return run_build(cfg, runner="serial", progress=False,
+                     shard_fn=_counting([] if calls is None else calls))
 
 
 def test_a_grown_set_computes_only_new_shards_and_equals_a_build_from_scratch(raw, tmp_path):
@@ -313,3 +314,17 @@ def test_parent_is_the_version_whose_recipe_this_one_changes(raw, tmp_path):
     assert rows[v3.version]["parent"] == v1.version and rows[v3.version]["config_changes"] == {}
     # another root is where the data lives, not what is built: no change shown
     assert rows[v4.version]["parent"] == v3.version and rows[v4.version]["config_changes"] == {}
+
+
+def test_gc_verb_says_what_it_would_free_and_then_frees_it(raw, tmp_path, capsys):
+    from sa2va_shards.cli import main
+
+    cfg, (a, b, c) = _three_versions(raw, tmp_path)
+    dataset = str(tmp_path / "out" / cfg.dataset)
+    assert main(["gc", dataset, "--keep-last", "2", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert f"would remove {a.version}" in out and a.build_dir.exists()
+    assert main(["gc", dataset, "--keep-last", "2"]) == 0
+    out = capsys.readouterr().out
+    assert f"removed {a.version}" in out and "freed" in out and not a.build_dir.exists()
+    assert b.build_dir.exists() and c.build_dir.exists()
