@@ -5,6 +5,8 @@ instances.json without the grown share of images (the image files stay, untouche
 to grow:
 - appended: the new images' ids sort after every old one (new downloads numbered on; a new
   split file), so they fall into new shards at the end;
+- a block: the new ids are one run in the middle of the old ones (a new folder or source whose
+  ids sort there); fixed slices would shift every shard after it, content-defined cuts do not;
 - scattered: the new ids are spread uniformly over the old ones, so most shards receive one.
 For each: build the old set, then the grown set into the same output folder (reusing the
 store) and, for comparison, the grown set from scratch into an empty folder. Reports shards
@@ -79,6 +81,8 @@ def main() -> None:
         full = json.loads((raw / "annotations" / "instances.json").read_text())
         ids = sorted(i["id"] for i in full["images"])
         _scenario("appended", raw, full, set(ids[-new:]), Path(tmp), args.per_shard)
+        middle = len(ids) // 2
+        _scenario("block", raw, full, set(ids[middle:middle + new]), Path(tmp), args.per_shard)
         scattered = set(random.Random(0).sample(ids, new))
         _scenario("scattered", raw, full, scattered, Path(tmp), args.per_shard)
 
