@@ -23,8 +23,8 @@ import numpy as np
 from sa2va_shards import ops
 from sa2va_shards.config import BuildConfig
 from sa2va_shards.errors import Reason, SampleError
-from sa2va_shards.records import RawClip, RawSample
 from sa2va_shards.format import SCHEMA_VERSION, THUMB, TILES, ProcessedSample, sample_key
+from sa2va_shards.records import RawClip, RawSample
 
 __all__ = ["DroppedObject", "sample_rles", "transform_sample"]
 
