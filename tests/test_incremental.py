@@ -203,11 +203,14 @@ def _audit(event: str, args: tuple) -> None:
 sys.addaudithook(_audit)  # records only while a test sets _OPENED
 
 
-@pytest.mark.parametrize("fmt", ["coco", "refcoco", "osprey", "describe_anything", "mevis"])
-def test_load_opens_only_the_files_item_files_names(fmt, tmp_path):
+@pytest.mark.parametrize("fmt,options", [
+    ("coco", {}), ("refcoco", {}), ("osprey", {}), ("describe_anything", {}), ("mevis", {}),
+    ("sav", {"layout": "frames"}), ("sav", {"layout": "png"}), ("sav", {})])
+def test_load_opens_only_the_files_item_files_names(fmt, options, tmp_path):
     global _OPENED
     root = synth_dataset(fmt, tmp_path / fmt, n_items=6, seed=2)
-    reader = get_reader(make_config(root, tmp_path, fmt=fmt).reader)
+    reader = get_reader(make_config(root, tmp_path, reader={
+        "format": fmt, "root": str(root), "options": options}).reader)
     items = [i for i in reader.list_items() if "_bad_item" not in i.data]
     assert items
     real = Path(root).resolve()
