@@ -263,8 +263,12 @@ def test_gc_keeps_latest_and_the_named_versions_and_frees_the_rest(raw, tmp_path
     assert _store_keys(dataset_dir) == kept_keys  # nothing only b used, nothing kept lost
     assert all(verify_build(v.build_dir).ok for v in (a, c))
 
+    (dataset_dir / "notes").mkdir()  # not a version: never gc's
+    crashed = dataset_dir / ("v" + "0" * 12)
+    (crashed / "shards").mkdir(parents=True)  # a crashed build: no card
     last = collect_garbage(dataset_dir, keep_last=1)
-    assert last.removed_versions == [a.version] and (dataset_dir / c.version).exists()
+    assert sorted(last.removed_versions) == sorted([a.version, crashed.name])
+    assert (dataset_dir / c.version).exists() and (dataset_dir / "notes").is_dir()
     assert _store_keys(dataset_dir) == set(read_card(c.build_dir)["shard_keys"].values())
     assert verify_build(c.build_dir).ok
     # what is left rebuilds nothing

@@ -18,6 +18,7 @@ import contextlib
 import dataclasses
 import fcntl
 import os
+import re
 import shutil
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -34,6 +35,9 @@ __all__ = ["STORE", "GcReport", "ShardStore", "collect_garbage", "link_or_copy",
 #: the store's folder in `OUT/<dataset>/`.
 STORE = "store"
 _LOCK = ".store.lock"
+#: a version folder's name (`manifest.version_id`, `-firstN` for a --limit build): gc never
+#: touches a folder not named like one.
+_VERSION = re.compile(r"v[0-9a-f]{12}(-first[0-9]+)?")
 
 
 @contextlib.contextmanager
@@ -122,9 +126,8 @@ class GcReport:
 
 
 def _version_dirs(dataset_dir: Path) -> list[Path]:
-    # version folders: everything but the store, `latest` and hidden lock files
     return sorted(d for d in dataset_dir.iterdir()
-                  if d.is_dir() and d.name != STORE and not d.name.startswith("."))
+                  if _VERSION.fullmatch(d.name) and d.is_dir() and not d.is_symlink())
 
 
 def _pick(name: str, names: list[str]) -> str:
@@ -173,7 +176,8 @@ def collect_garbage(dataset_dir: str | Path, *, keep_last: int, keep: Sequence[s
     """Remove the versions of `dataset_dir` not kept, then the store objects no kept version
     uses. Kept: the `keep_last` newest complete versions, those named in `keep` (a version or
     a unique prefix), and always `latest`. A version folder without a card is a crashed build
-    (no build runs while gc holds the store lock): removed unless kept.
+    (no build runs while gc holds the store lock): removed unless kept. Folders not named
+    like a version are left alone.
 
     Raises:
         ConfigError: a build of the dataset is running, a `keep` name matches no version or
