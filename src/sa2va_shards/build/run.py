@@ -305,7 +305,8 @@ def _build_locked(cfg: BuildConfig, work: _Work, fingerprints: tuple[str, str], 
                                      "shards_s": round(t_shards, 3)},
                             t0=t0, runner=runner.name, run=run,
                             shards={"resumed": len(done), "reused": len(reused),
-                                    "built": len(todo)})
+                                    "built": len(todo),
+                                    "built_inputs": sum(len(p.items) for p in todo)})
             bar.end("built", counts=built.counts, timings=built.timings)
             return built
         except BaseException as e:
@@ -326,7 +327,9 @@ def _commit(cfg: BuildConfig, results: list[ShardResult], work: _Work,
     _check_counts(counts)
     manifests = write_tables(build_dir, results, plan_rejects)
     timings |= {"total_s": round(time.perf_counter() - t0, 3),
-                "samples_per_s": round(counts["read"] / max(timings["shards_s"], 1e-9), 2),
+                # the inputs this run computed: resumed and reused shards cost no transform
+                "samples_per_s": round(shards["built_inputs"] / max(timings["shards_s"], 1e-9),
+                                       2),
                 "max_worker_rss_mb": round(max((r.max_rss_mb for r in results), default=0), 1)}
     parent = derive_parent(build_dir.parent, cfg.to_dict(), version=version)
     card = _card(cfg, version, fingerprints, counts, timings, runner, shards, parent)
