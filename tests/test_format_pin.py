@@ -41,7 +41,8 @@ def _member_hashes(out: Path) -> dict[str, str]:
         for tar in sorted((build / "shards").glob("*.tar")):
             for key, members in iter_samples(tar):
                 for name, data in members.items():
-                    hashes[f"{fmt}/{tar.name}/{key}.{name}"] = hashlib.sha256(data).hexdigest()
+                    # by sample, not shard: which samples share a tar is the plan's rule
+                    hashes[f"{fmt}/{key}.{name}"] = hashlib.sha256(data).hexdigest()
     return hashes
 
 

@@ -105,14 +105,17 @@ def coco(synth):
 def test_other_code_is_another_version_and_never_mixed(coco, tmp_path, monkeypatch):
     cfg = make_config(coco, tmp_path, dataset="code", shards={"samples_per_shard": 2})
     first = run_build(cfg, runner="serial", progress=False)
+    import sa2va_shards.build.provenance as provenance_mod
     import sa2va_shards.build.run as build_mod
     import sa2va_shards.build.writer as writer_mod
 
-    # the same config and data under other code: a new version, not "already built"
-    monkeypatch.setattr(build_mod, "code_id", lambda: "feedfacefeedface")
-    monkeypatch.setattr(writer_mod, "code_id", lambda: "feedfacefeedface")
+    # the same config and data under other code: a new version, not "already built", and no
+    # shard taken from the store (the recipe keys hold the code too)
+    for mod in (build_mod, writer_mod, provenance_mod):
+        monkeypatch.setattr(mod, "code_id", lambda: "feedfacefeedface")
     other = run_build(cfg, runner="serial", progress=False)
     assert not other.reused and other.version != first.version
+    assert other.reused_shards == 0 and other.built_shards == first.built_shards
     # a worker running other code than the driver: refused before anything is committed
     monkeypatch.setattr(writer_mod, "code_id", lambda: "0123456789abcdef")
     with pytest.raises(ConfigError, match="written by code other than this driver"):

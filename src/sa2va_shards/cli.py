@@ -60,7 +60,8 @@ def _print_build(result) -> None:
         n = result.resumed_shards
         extra = f", resumed {n} finished shards" if n else ""
         print(f"built {result.build_dir} version {result.version} ({result.runner}{extra}) "
-              f"in {result.timings['total_s']:.1f} s")
+              f"in {result.timings['total_s']:.1f} s: {result.built_shards} shards computed, "
+              f"{result.reused_shards} reused from the store")
     if result.limit:
         print(f"partial build (--limit {result.limit}): `latest` not moved; read it as "
               f"{result.build_dir} or {result.build_dir.parent.name}@{result.version}")
@@ -152,8 +153,29 @@ def cmd_versions(args: argparse.Namespace) -> int:
     return 0
 
 
+def _mib(n: int) -> str:
+    return f"{n / 2**20:.1f} MiB"
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from sa2va_shards.build.store import collect_garbage
+
+    dataset_dir = resolve_dataset(args.dataset, args.root)
+    r = collect_garbage(dataset_dir, keep_last=args.keep_last, keep=args.keep,
+                        dry_run=args.dry_run)
+    verb = "would remove" if r.dry_run else "removed"
+    print(f"{dataset_dir}: kept {len(r.kept)} versions ({', '.join(r.kept) or 'none'}); {verb} "
+          f"{len(r.removed_versions)} versions and {r.removed_objects} store objects, "
+          f"{'would free' if r.dry_run else 'freed'} {_mib(r.freed_bytes)}")
+    for v in r.removed_versions:
+        print(f"  {verb} {v}")
+    for note in r.notes:
+        print(f"  {note}")
+    return 0
+
+
 def _diff_pair(args: argparse.Namespace) -> tuple[Path, Path]:
-    """Two builds; with one, that build's parent (the `latest` it replaced) against it."""
+    """Two builds; with one, that build's parent (the version it derives from) against it."""
     from sa2va_shards.manifest import read_card
 
     new = resolve_build(args.new if args.new else args.old, args.root)
@@ -322,6 +344,17 @@ def _add_history(sub) -> None:
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _root_flag(p)
     p.set_defaults(fn=cmd_diff)
+    p = sub.add_parser("gc", help="remove old versions and the store objects only they use")
+    p.add_argument("dataset", help="a dataset folder OUT/<dataset>, a build folder in it, or "
+                                   "DATASET under --root")
+    p.add_argument("--keep-last", type=int, required=True, metavar="N",
+                   help="keep the N newest complete versions (`latest` is always kept)")
+    p.add_argument("--keep", action="append", default=[], metavar="VERSION",
+                   help="also keep this version (or a unique prefix of one); repeatable")
+    p.add_argument("--dry-run", action="store_true",
+                   help="say what would be removed and freed, remove nothing")
+    _root_flag(p)
+    p.set_defaults(fn=cmd_gc)
 
 
 def _synth_epilog() -> str:

@@ -37,15 +37,18 @@ __all__ = [
     "REJECT_SCHEMA",
     "SAMPLE_SCHEMA",
     "SHARD_SCHEMA",
+    "canonical",
     "count_summary",
     "file_sha256",
     "input_fingerprint",
     "load_progress",
     "read_card",
     "read_manifest",
+    "read_result",
     "save_progress",
     "version_id",
     "write_card",
+    "write_result",
     "write_tables",
 ]
 
@@ -80,7 +83,8 @@ def file_sha256(path: Path) -> str:
     return sha.hexdigest()
 
 
-def _canonical(obj: Any) -> bytes:
+def canonical(obj: Any) -> bytes:
+    """Canonical JSON bytes (sorted keys, no spaces): what every content hash here hashes."""
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str).encode()
 
 
@@ -92,7 +96,7 @@ def input_fingerprint(items: Iterable[ItemRef]) -> str:
     """
     sha = hashlib.sha256()
     for item in sorted(items, key=lambda r: r.source_id):
-        sha.update(_canonical([item.source_id, item.data]) + b"\n")
+        sha.update(canonical([item.source_id, item.data]) + b"\n")
     return sha.hexdigest()
 
 
@@ -102,19 +106,29 @@ def version_id(cfg: BuildConfig, fingerprint: str, *, code: str, files: str) -> 
     (`provenance`) and the schema version."""
     payload = {"config": cfg.semantic_dict(), "input": fingerprint, "files": files,
                "code": code, "schema": SCHEMA_VERSION}
-    return "v" + hashlib.sha256(_canonical(payload)).hexdigest()[:12]
+    return "v" + hashlib.sha256(canonical(payload)).hexdigest()[:12]
+
+
+def write_result(path: Path, result: ShardResult) -> None:
+    """Save a finished shard's result as JSON (a progress sidecar, a store object's record)."""
+    atomic_write(path, canonical(dataclasses.asdict(result)))
 
 
 def save_progress(build_dir: Path, result: ShardResult) -> None:
     """Record a finished shard's result next to the build, for resume."""
     d = build_dir / PROGRESS_DIR
     d.mkdir(parents=True, exist_ok=True)
-    atomic_write(d / f"{result.shard.file}.json", _canonical(dataclasses.asdict(result)))
+    write_result(d / f"{result.shard.file}.json", result)
 
 
 def load_progress(build_dir: Path, shard_file: str) -> ShardResult | None:
     """The saved result of a shard whose tar still matches its recorded sha256, else None."""
-    side, tar = build_dir / PROGRESS_DIR / f"{shard_file}.json", build_dir / "shards" / shard_file
+    return read_result(build_dir / PROGRESS_DIR / f"{shard_file}.json",
+                       build_dir / "shards" / shard_file)
+
+
+def read_result(side: Path, tar: Path) -> ShardResult | None:
+    """The result saved in `side` if `tar` still has its recorded sha256, else None."""
     if not is_regular(side) or not is_regular(tar):  # a FIFO would hang the resume
         return None
     try:

@@ -86,7 +86,7 @@ class RawClip:
 
 @dataclass(frozen=True, kw_only=True)
 class ShardPlan:
-    """A fixed slice of the sorted input, decided before any work starts."""
+    """A run of the sorted input (`build.plan`), decided before any work starts."""
 
     index: int
     name: str

@@ -15,7 +15,8 @@ from sa2va_shards.errors import ConfigError
 from sa2va_shards.manifest import CARD, read_card, read_manifest
 from sa2va_shards.safe_io import open_regular
 
-__all__ = ["LATEST", "diff_versions", "flatten", "list_versions", "read_latest", "set_latest"]
+__all__ = ["LATEST", "derive_parent", "diff_versions", "flatten", "list_versions", "read_latest",
+           "set_latest"]
 
 #: file in `<out>/<dataset>/` holding the newest complete version's id.
 LATEST = "latest"
@@ -61,28 +62,50 @@ def _config_changes(old: dict, new: dict) -> dict[str, list]:
             if a.get(k) != b.get(k) and k not in _LOCATION_KEYS}
 
 
+def _cards(dataset_dir: Path) -> list[dict[str, Any]]:
+    """The cards of the complete versions, oldest first."""
+    cards = [read_card(d) for d in sorted(dataset_dir.iterdir()) if (d / CARD).exists()]
+    return sorted(cards, key=lambda c: (c["created"], c["version"]))
+
+
+def derive_parent(dataset_dir: Path, config: dict[str, Any], *, version: str) -> str | None:
+    """The version a build of `config` derives from: of the complete full versions (not
+    `version` itself, not `--limit` builds), the one whose config differs from `config` in
+    the fewest id keys; the newest of those (same config: the same recipe on older inputs).
+    None for a dataset's first version. Not `latest`: a build of another config may have
+    moved it."""
+    candidates = [c for c in _cards(dataset_dir)
+                  if c["version"] != version and not c.get("partial")]
+    if not candidates:
+        return None
+    # newest first: max() keeps the first of equally close versions
+    best = max(reversed(candidates),
+               key=lambda c: -len(_config_changes(c.get("config", {}), config)))
+    return best["version"]
+
+
 def list_versions(dataset_dir: str | Path) -> list[dict[str, Any]]:
     """Complete versions, oldest first: version, created, samples, rejects, parent, latest,
-    partial and limit (`--limit` builds), and the config keys changed vs the version before
-    it."""
+    partial and limit (`--limit` builds), and the config keys changed vs its parent (only keys
+    that are part of the version id)."""
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
         raise ConfigError(f"{dataset_dir}: not a folder of versions (OUT/<dataset>)")
-    cards = [read_card(d) for d in sorted(dataset_dir.iterdir()) if (d / CARD).exists()]
-    cards.sort(key=lambda c: (c["created"], c["version"]))
+    cards = _cards(dataset_dir)
+    by_version = {c["version"]: c for c in cards}
     latest = read_latest(dataset_dir)
-    rows, previous = [], None
+    rows = []
     for c in cards:
+        parent = by_version.get(c.get("parent"))
         rows.append({
             "version": c["version"], "created": c["created"], "samples": c["counts"]["written"],
             "rejects": c["counts"]["rejected"], "parent": c.get("parent"),
             "latest": c["version"] == latest,
             # a --limit smoke build: listed, never `latest`
             "partial": bool(c.get("partial")), "limit": c.get("limit"),
-            "config_changes": _config_changes(previous["config"], c["config"]) if previous
+            "config_changes": _config_changes(parent["config"], c["config"]) if parent
             else {},
         })
-        previous = c
     return rows
 
 

@@ -6,6 +6,10 @@ the input files as they are on disk. Both go into the version id.
   libraries that do (Pillow and its libjpeg, NumPy, torch, pycocotools, PyAV). Any change of
   them gives a new version id, so a build never mixes shards of two codes; each shard also
   records the fingerprint of the process that wrote it, which `verify` compares to the card.
+- A shard's recipe key (`shard_keys`) is the same for one shard: the code, the semantic
+  config, the schema, the shard's items (ids and index data, in order) and the identity of the
+  files those items read (the reader's `item_files`; a reader without it: every file under the
+  root). An incremental build reuses a stored shard only when its key is equal (`store.py`).
 - The files fingerprint hashes every file under the reader's root by its relative path, size
   and modification time (no file is read: cheap on a million images). Changing, adding or
   touching any file under the root gives a new version id; a copy of the same data that does
@@ -18,14 +22,21 @@ from __future__ import annotations
 import hashlib
 import importlib.metadata
 import os
+import posixpath
 import stat
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import sa2va_shards
+from sa2va_shards.config import BuildConfig
+from sa2va_shards.format import SCHEMA_VERSION
+from sa2va_shards.manifest import canonical
+from sa2va_shards.records import ShardPlan
 
-__all__ = ["BYTE_MODULES", "code_fingerprint", "code_id", "files_fingerprint"]
+__all__ = ["BYTE_MODULES", "InputFiles", "code_fingerprint", "code_id", "files_fingerprint",
+           "input_files", "shard_keys"]
 
 #: modules (relative to the package) whose source decides the bytes of a shard.
 BYTE_MODULES = ("ops", "readers", "build/transform.py", "build/writer.py", "build/shard.py",
@@ -73,24 +84,54 @@ def code_id() -> str:
     return code_fingerprint()["id"]
 
 
-def files_fingerprint(root: str | Path, mode: str = "stat") -> str:
-    """sha256 over every file under `root`, sorted by relative path: with its size and mtime
-    (`stat`) or its bytes' sha256 (`content`). Symlinks are described by what they point to
-    (what a reader would open); special files (FIFOs, sockets) by their type only."""
-    root = Path(root)
-    rows = []
+@dataclass(frozen=True)
+class InputFiles:
+    """Every file under a reader's root with its identity (size and mtime, or content hash):
+    the whole set's fingerprint for the version id, and one file's identity for a shard's
+    recipe (`build/store.py`), from one walk."""
+
+    root: str
+    mode: str
+    table: dict[str, str]
+
+    @property
+    def fingerprint(self) -> str:
+        rows = (f"{rel}\0{desc}" for rel, desc in sorted(self.table.items()))
+        return hashlib.sha256("\n".join(rows).encode()).hexdigest()
+
+    def identity(self, path: str) -> str:
+        """What a reader opening `path` (relative to the root, or absolute) would find; a file
+        the walk did not see (outside the root, under a linked folder, missing) is looked at
+        directly."""
+        rel = posixpath.normpath(path)
+        known = self.table.get(rel)
+        return known if known is not None else _describe(Path(self.root) / rel, self.mode)
+
+
+def input_files(root: str | Path, mode: str = "stat") -> InputFiles:
+    """Walk `root`: every file by relative path, with its size and mtime (`stat`) or its bytes'
+    sha256 (`content`). Symlinks are described by what they point to (what a reader would
+    open); special files (FIFOs, sockets) by their type only."""
+    table = {}
     for folder, dirs, files in os.walk(root, followlinks=False):
         dirs.sort()
         for name in files:
             path = Path(folder) / name
-            rows.append(f"{path.relative_to(root).as_posix()}\0{_describe(path, mode)}")
-    return hashlib.sha256("\n".join(sorted(rows)).encode()).hexdigest()
+            table[path.relative_to(root).as_posix()] = _describe(path, mode)
+    return InputFiles(root=str(root), mode=mode, table=table)
+
+
+def files_fingerprint(root: str | Path, mode: str = "stat") -> str:
+    """sha256 over every file under `root`, sorted by relative path, with its identity
+    (`input_files`)."""
+    return input_files(root, mode).fingerprint
 
 
 def _describe(path: Path, mode: str) -> str:
     try:
         st = path.stat()
-    except OSError:  # a dangling link: its absence is what a reader would see
+    except (OSError, ValueError):  # a dangling link (or a NUL in a name from the data):
+        # its absence is what a reader would see
         return "missing"
     if not stat.S_ISREG(st.st_mode):
         return "special"  # never opened here: a FIFO would block
@@ -98,3 +139,28 @@ def _describe(path: Path, mode: str) -> str:
         with open(path, "rb") as f:
             return hashlib.file_digest(f, "sha256").hexdigest()
     return f"{st.st_size}\0{st.st_mtime_ns}"
+
+
+def shard_keys(plans: list[ShardPlan], cfg: BuildConfig, reader: Any,
+               files: InputFiles) -> dict[str, str]:
+    """Plan name -> recipe key (sha256 hex): equal keys mean equal shard bytes and rows.
+
+    The shard's name (its index) is not in the key: an insertion earlier in the sorted input
+    renumbers later shards without changing them. A reader whose `item_files` says which
+    files each item reads lets an unchanged shard survive changes elsewhere under the root;
+    without it every shard's key holds the whole root's fingerprint (correct, no reuse across
+    any input file change).
+    """
+    hook = getattr(reader, "item_files", None)
+    recipe = canonical({"code": code_id(), "config": cfg.semantic_dict(),
+                        "schema": SCHEMA_VERSION, "files": None if hook else files.fingerprint})
+    keys = {}
+    for plan in plans:
+        sha = hashlib.sha256(recipe)
+        for item in plan.items:
+            row: list[Any] = [item.source_id, item.data]
+            if hook is not None:
+                row.append([[p, files.identity(p)] for p in hook(item)])
+            sha.update(b"\n" + canonical(row))
+        keys[plan.name] = sha.hexdigest()
+    return keys

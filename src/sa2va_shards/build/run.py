@@ -1,5 +1,6 @@
 """The build's commit protocol, in one place: index -> version id -> plan -> skip shards a
-crashed run finished -> run the rest on a runner -> tables -> card (`dataset.json`) -> `latest`.
+crashed run finished -> link shards the store holds with the same recipe -> run the rest on a
+runner (each finished shard joins the store) -> tables -> card (`dataset.json`) -> `latest`.
 
 The runner (in-process, Ray, or any `runners.Runner`) only runs `shard_fn` over the plans; it
 decides no bytes and commits nothing."""
@@ -21,9 +22,10 @@ from pathlib import Path
 from sa2va_shards import __version__
 from sa2va_shards.build.plan import plan_shards
 from sa2va_shards.build.progress import BuildProgress
-from sa2va_shards.build.provenance import code_fingerprint, code_id, files_fingerprint
+from sa2va_shards.build.provenance import code_fingerprint, code_id, input_files, shard_keys
 from sa2va_shards.build.runners import Runner, make_runner, ray_available
 from sa2va_shards.build.shard import process_shard
+from sa2va_shards.build.store import STORE, ShardStore, store_lock
 from sa2va_shards.config import BuildConfig, local_path
 from sa2va_shards.errors import BuildAborted, ConfigError
 from sa2va_shards.format import SCHEMA_VERSION, preprocessing_block
@@ -40,7 +42,7 @@ from sa2va_shards.manifest import (
 )
 from sa2va_shards.readers import get_reader
 from sa2va_shards.records import RejectRecord, ShardPlan, ShardResult
-from sa2va_shards.versions import read_latest, set_latest
+from sa2va_shards.versions import derive_parent, set_latest
 
 __all__ = ["AUTO_SERIAL_MAX_INPUTS", "BuildResult", "run_build"]
 
@@ -58,6 +60,10 @@ class BuildResult:
     reused: bool = False
     #: shards skipped because a previous (crashed) run had finished them.
     resumed_shards: int = 0
+    #: shards linked from the store (same recipe in an earlier build), not computed.
+    reused_shards: int = 0
+    #: shards computed by this run.
+    built_shards: int = 0
     timings: dict = field(default_factory=dict)
     #: 'serial' or 'ray': what ran the shards ('auto' resolved).
     runner: str = ""
@@ -176,15 +182,17 @@ def run_build(cfg: BuildConfig, *, runner: str | Runner = "ray",
     t0 = time.perf_counter()
     cfg = dataclasses.replace(cfg, out=local_path(cfg.out, "out"))  # `--out` skips the parse
     _check_out(cfg.out)
-    items, partial = _apply_limit(get_reader(cfg.reader).list_items(), limit)
+    reader = get_reader(cfg.reader)
+    items, partial = _apply_limit(reader.list_items(), limit)
     fingerprint = input_fingerprint(items)
-    files = files_fingerprint(cfg.reader.root, cfg.reader.fingerprint)
-    version = (version_id(cfg, fingerprint, code=code_id(), files=files)
+    files = input_files(cfg.reader.root, cfg.reader.fingerprint)
+    version = (version_id(cfg, fingerprint, code=code_id(), files=files.fingerprint)
                + (f"-first{partial['limit']}" if partial else ""))
     build_dir = Path(cfg.out) / cfg.dataset / version
     t_index = time.perf_counter() - t0
     plans, plan_rejects = plan_shards(items, dataset=cfg.dataset,
                                       samples_per_shard=cfg.shards.samples_per_shard)
+    keys = shard_keys(plans, cfg, reader, files)
     log.info("%s: %d inputs indexed in %.1f s -> %d shards, version %s%s", cfg.dataset,
              len(items), t_index, len(plans), version,
              f" (partial: first {limit} of {partial['inputs_available']})" if partial else "")
@@ -193,11 +201,22 @@ def run_build(cfg: BuildConfig, *, runner: str | Runner = "ray",
                cpus_per_task=cpus_per_task, resume=resume, progress=progress,
                log_json=log_json, partial=partial)
     try:
-        with _build_lock(build_dir):
-            return _build_locked(cfg, plans, plan_rejects, (fingerprint, files), version,
-                                 build_dir, t0, t_index, run)
+        # shared: builds run side by side; `gc` waits for none and removes nothing they use
+        with store_lock(build_dir.parent, exclusive=False), _build_lock(build_dir):
+            return _build_locked(cfg, _Work(plans, plan_rejects, keys),
+                                 (fingerprint, files.fingerprint), version, build_dir, t0,
+                                 t_index, run)
     except (FileExistsError, NotADirectoryError, PermissionError) as e:
         raise ConfigError(f"out: cannot write {build_dir}: {type(e).__name__}: {e}") from e
+
+
+@dataclass(frozen=True)
+class _Work:
+    """The plan: shards in order, the inputs it rejected, each shard's recipe key."""
+
+    plans: list[ShardPlan]
+    rejects: list[RejectRecord]
+    keys: dict[str, str]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -210,6 +229,7 @@ class _Run:
     address: str | None
     num_cpus: int | None
     cpus_per_task: float
+    #: False: compute every shard (no resume, nothing taken from the store).
     resume: bool
     progress: bool
     log_json: str | Path | None
@@ -217,12 +237,33 @@ class _Run:
 
 
 def _run_shards(cfg: BuildConfig, todo: list[ShardPlan], build_dir: Path, run: _Run,
-                runner: Runner, bar: BuildProgress) -> list[ShardResult]:
+                runner: Runner, bar: BuildProgress, store: ShardStore,
+                keys: dict[str, str]) -> list[ShardResult]:
     results = []
     for result in runner.map(run.shard_fn, todo, cfg=cfg, build_dir=str(build_dir)):
+        store.put(keys[result.shard.file], build_dir, result)
         bar.shard(result)
         results.append(result)
     return results
+
+
+def _from_store(work: _Work, done: dict[str, ShardResult], store: ShardStore,
+                run: _Run) -> dict[str, ShardResult]:
+    """Shards not finished here whose recipe the store holds, intact (re-hashed)."""
+    if not run.resume:
+        return {}
+    return {p.name: r for p in work.plans
+            if p.name not in done and (r := store.lookup(work.keys[p.name]))}
+
+
+def _link_stored(work: _Work, done: dict[str, ShardResult], stored: dict[str, ShardResult],
+                 store: ShardStore, build_dir: Path) -> list[ShardResult]:
+    """Link the stored shards into this version; add the resumed ones (finished before a
+    crash, perhaps before they reached the store) to the store."""
+    for name, result in done.items():
+        if not store.has(work.keys[name]):
+            store.put(work.keys[name], build_dir, result)
+    return [store.link(work.keys[n], r, build_dir, n) for n, r in stored.items()]
 
 
 def _reuse(build_dir: Path, version: str, run: _Run) -> BuildResult:
@@ -235,32 +276,39 @@ def _reuse(build_dir: Path, version: str, run: _Run) -> BuildResult:
                        counts=card["counts"], limit=(run.partial or {}).get("limit"))
 
 
-def _build_locked(cfg: BuildConfig, plans: list[ShardPlan], plan_rejects: list[RejectRecord],
-                  fingerprints: tuple[str, str], version: str, build_dir: Path, t0: float,
-                  t_index: float, run: _Run) -> BuildResult:
+def _build_locked(cfg: BuildConfig, work: _Work, fingerprints: tuple[str, str], version: str,
+                  build_dir: Path, t0: float, t_index: float, run: _Run) -> BuildResult:
     if (build_dir / CARD).exists():
         return _reuse(build_dir, version, run)
+    plans, plan_rejects = work.plans, work.rejects
     done = {p.name: r for p in plans if run.resume and (r := load_progress(build_dir, p.name))}
-    todo = [p for p in plans if p.name not in done]
+    store = ShardStore(build_dir.parent / STORE)
+    stored = _from_store(work, done, store, run)
+    todo = [p for p in plans if p.name not in done and p.name not in stored]
     runner = _pick_runner(run.runner, run.address, todo, num_cpus=run.num_cpus,
                           cpus_per_task=run.cpus_per_task)
     # the runner's session first: a wrong --address fails before anything is written
     with runner.session():
         (build_dir / "shards").mkdir(parents=True, exist_ok=True)
         _clean_partial(build_dir)
+        reused = _link_stored(work, done, stored, store, build_dir)
         bar = BuildProgress(dataset=cfg.dataset, version=version, bar=run.progress,
                             total_samples=sum(len(p.items) for p in plans) + len(plan_rejects),
                             total_shards=len(plans), log_json=run.log_json)
         try:
-            bar.start(list(done.values()), plan_rejects=len(plan_rejects),
+            bar.start(list(done.values()) + reused, plan_rejects=len(plan_rejects),
                       build_dir=str(build_dir), runner=runner.name,
-                      partial=run.partial)
-            results = list(done.values()) + _run_shards(cfg, todo, build_dir, run, runner, bar)
+                      partial=run.partial, reused_shards=len(reused))
+            results = (list(done.values()) + reused
+                       + _run_shards(cfg, todo, build_dir, run, runner, bar, store, work.keys))
             t_shards = time.perf_counter() - t0 - t_index
-            built = _commit(cfg, results, plan_rejects, fingerprints, version, build_dir,
+            built = _commit(cfg, results, work, fingerprints, version, build_dir,
                             timings={"index_s": round(t_index, 3),
                                      "shards_s": round(t_shards, 3)},
-                            t0=t0, runner=runner.name, resumed=len(done), run=run)
+                            t0=t0, runner=runner.name, run=run,
+                            shards={"resumed": len(done), "reused": len(reused),
+                                    "built": len(todo),
+                                    "built_inputs": sum(len(p.items) for p in todo)})
             bar.end("built", counts=built.counts, timings=built.timings)
             return built
         except BaseException as e:
@@ -271,26 +319,31 @@ def _build_locked(cfg: BuildConfig, plans: list[ShardPlan], plan_rejects: list[R
             bar.close()
 
 
-def _commit(cfg: BuildConfig, results: list[ShardResult], plan_rejects: list[RejectRecord],
+def _commit(cfg: BuildConfig, results: list[ShardResult], work: _Work,
             fingerprints: tuple[str, str], version: str, build_dir: Path, *, timings: dict,
-            t0: float, runner: str, resumed: int, run: _Run) -> BuildResult:
+            t0: float, runner: str, run: _Run, shards: dict[str, int]) -> BuildResult:
     """Tables, then the card, then `latest`: the build is complete only at the end."""
+    plan_rejects = work.rejects
     _check_code(results)
     counts = count_summary(results, plan_rejects)
     _check_counts(counts)
     manifests = write_tables(build_dir, results, plan_rejects)
     timings |= {"total_s": round(time.perf_counter() - t0, 3),
-                "samples_per_s": round(counts["read"] / max(timings["shards_s"], 1e-9), 2),
+                # the inputs this run computed: resumed and reused shards cost no transform
+                "samples_per_s": round(shards["built_inputs"] / max(timings["shards_s"], 1e-9),
+                                       2),
                 "max_worker_rss_mb": round(max((r.max_rss_mb for r in results), default=0), 1)}
-    parent = read_latest(build_dir.parent)
-    card = _card(cfg, version, fingerprints, counts, timings, runner, resumed, parent)
+    parent = derive_parent(build_dir.parent, cfg.to_dict(), version=version)
+    card = _card(cfg, version, fingerprints, counts, timings, runner, shards, parent)
     # a smoke build (--limit) says so, with its limit; `latest` never points at it
-    card |= {"partial": bool(run.partial), **(run.partial or {})}
+    card |= {"partial": bool(run.partial), **(run.partial or {}),
+             "shard_keys": work.keys}
     (build_dir / COMMITTING).touch()
     write_card(build_dir, {**card, "manifests": manifests})
     _finish_commit(build_dir, version, partial=bool(run.partial))
     return BuildResult(build_dir=build_dir, version=version, counts=counts,
-                       resumed_shards=resumed, timings=timings, runner=runner,
+                       resumed_shards=shards["resumed"], reused_shards=shards["reused"],
+                       built_shards=shards["built"], timings=timings, runner=runner,
                        limit=(run.partial or {}).get("limit"))
 
 
@@ -305,7 +358,7 @@ def _check_code(results: list[ShardResult]) -> None:
 
 
 def _card(cfg: BuildConfig, version: str, fingerprints: tuple[str, str], counts: dict,
-          timings: dict, runner: str, resumed: int, parent: str | None) -> dict:
+          timings: dict, runner: str, shards: dict[str, int], parent: str | None) -> dict:
     return {
         "dataset": cfg.dataset,
         "version": version,
@@ -319,6 +372,8 @@ def _card(cfg: BuildConfig, version: str, fingerprints: tuple[str, str], counts:
         "files_fingerprint": fingerprints[1],
         "preprocessing": preprocessing_block(cfg),
         "counts": counts,
-        "build": {"runner": runner, "resumed_shards": resumed, "timings": timings,
+        "build": {"runner": runner, "resumed_shards": shards["resumed"],
+                  "reused_shards": shards["reused"], "built_shards": shards["built"],
+                  "timings": timings,
                   "python": platform.python_version()},
     }

@@ -6,6 +6,9 @@ options are its fields (checked against `reader.options` by `config.reader_optio
   source id; a structural problem (missing annotation file) raises `ConfigError`.
 - `load(ref) -> RawSample`: one sample's image bytes and decoded masks; per-item problems raise
   `SampleError` with a reason.
+- optional `item_files(ref) -> list[str]`: every file `load(ref)` may read, relative to root;
+  an incremental build reuses a shard only while those files are unchanged. Without it a
+  shard's recipe holds the whole root's fingerprint (no reuse across any input file change).
 
 Small datasets in these formats, with injected faults, are written by `sa2va_shards.synth`.
 """

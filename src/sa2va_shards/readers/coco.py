@@ -37,6 +37,13 @@ def image_fields(img: Any) -> tuple[int, int, str]:
     return h, w, file_name
 
 
+def image_files(img: Any, folder: str) -> list[str]:
+    """`[<folder>/<file_name>]` of an image record (nothing for a malformed one: `load` rejects
+    it from the record alone)."""
+    name = img.get("file_name") if isinstance(img, dict) else None
+    return [f"{folder}/{name}"] if isinstance(name, str) else []
+
+
 def image_sample(reader: BaseReader, ref: ItemRef, images: str, **meta: Any) -> RawSample:
     """The load of the COCO-based readers: the image record's file from the `images` folder
     and every object's segmentation as an RLE at the record's height/width; `meta` adds to
@@ -182,6 +189,11 @@ class CocoReader(BaseReader):
             ]
             items.append(ItemRef(source_id=sid, data={"image": img, "objects": objects}))
         return sorted(items, key=lambda r: r.source_id)
+
+    def item_files(self, ref: ItemRef) -> list[str]:
+        """The files `load` reads, relative to root: a shard is reused by an incremental build
+        only while they are unchanged (`build/store.py`)."""
+        return image_files(ref.data.get("image"), self.images)
 
     def load(self, ref: ItemRef) -> RawSample:
         """Read the image bytes and turn every segmentation into an RLE at the record's size."""

@@ -212,6 +212,12 @@ class DescribeAnythingReader(BaseReader):
                               "bytes)")
         return data
 
+    def item_files(self, ref: ItemRef) -> list[str]:
+        """The files `load` reads, relative to root: a shard is reused by an incremental build
+        only while they are unchanged (`build/store.py`)."""
+        tar = ref.data.get("tar")
+        return [tar] if isinstance(tar, str) else []
+
     def load(self, ref: ItemRef) -> RawSample:
         """Read the image and the region pickle; masks stay the RLEs the pickle holds.
 

@@ -114,6 +114,16 @@ class OspreyReader(BaseReader):
         raise SampleError(Reason.MISSING_IMAGE,
                           f"{file_name}: not in any of {', '.join(self.image_dirs)}")
 
+    def item_files(self, ref: ItemRef) -> list[str]:
+        """The files `load` reads, relative to root (every folder the lookup may try, since a
+        new file in an earlier one changes which is read): a shard is reused by an incremental build
+        only while they are unchanged (`build/store.py`)."""
+        try:
+            file_name = _parse_record(json.loads(ref.data["record"]), "")[0]
+        except (SampleError, KeyError, TypeError, ValueError):
+            return []  # rejected from the record alone
+        return [f"{folder}/{file_name}" for folder in self.image_dirs]
+
     def load(self, ref: ItemRef) -> RawSample:
         """Read the image (first folder that has it) and the regions' masks as RLEs at the
         JSON height/width.

@@ -23,6 +23,7 @@ from sa2va_shards.readers.base import BaseReader
 from sa2va_shards.readers.coco import (
     annotation_problem,
     category_names,
+    image_files,
     image_sample,
     is_id,
     load_instances,
@@ -117,6 +118,11 @@ class RefCocoReader(BaseReader):
                 "image_id": image_id, "image": img, "split": self.split,
                 "objects": list(objs.values())}))  # in ref order
         return sorted(items, key=lambda r: r.source_id)
+
+    def item_files(self, ref: ItemRef) -> list[str]:
+        """The files `load` reads, relative to root: a shard is reused by an incremental build
+        only while they are unchanged (`build/store.py`)."""
+        return image_files(ref.data.get("image"), self.images)
 
     def load(self, ref: ItemRef) -> RawSample:
         """Read the image and turn each referred object's segmentation into an RLE.

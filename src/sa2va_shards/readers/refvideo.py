@@ -148,6 +148,13 @@ class _RefVideoReader(BaseReader):
 
     # --- load --------------------------------------------------------------------------------
 
+    def item_files(self, ref: ItemRef) -> list[str]:
+        """The files `load` reads, relative to root (every listed frame, picked or not): a
+        shard is reused by an incremental build only while they are unchanged
+        (`build/store.py`)."""
+        return [f"{self.frames_dir}/{ref.data['video']}/{name}.jpg"
+                for name in ref.data["frames"]]
+
     def load(self, ref: ItemRef) -> RawClip:
         """The picked frames and, per frame and object, the union of its mask ids' RLEs."""
         names = ref.data["frames"]

@@ -124,6 +124,24 @@ class SavReader(BaseReader):
                              for i, o in (entry.get("objects") or {}).items()}
         return captions, bad
 
+    def item_files(self, ref: ItemRef) -> list[str]:
+        """The files `load` reads, relative to root: a shard is reused by an incremental build
+        only while they are unchanged (`build/store.py`). Which frames an mp4-less clip reads
+        depends on its annotation, so every file of its frame folder is named."""
+        if self.layout == "png":
+            vid, names = ref.data["video"], ref.data["frames"]
+            return [f"{self.frames_dir}/{vid}/{int(n):05d}.jpg" for n in names] + [
+                f"{self.annotations_dir}/{vid}/{o}/{n}.png"
+                for o in ref.data["objects"] for n in names]
+        if self.layout == "mp4":
+            return [ref.data["annotation"], ref.data["video"]]
+        folder = f"{self.frames_dir}/{ref.source_id}"
+        try:
+            names = sorted(os.listdir(self.path(folder)))
+        except (OSError, ValueError):
+            names = []  # no folder: every frame is missing, and stays so until one appears
+        return [ref.data["annotation"], *(f"{folder}/{n}" for n in names)]
+
     def load(self, ref: ItemRef) -> RawClip:
         """The clip's frames and, per frame and object, the masklet RLE."""
         if self.layout == "png":
