@@ -47,6 +47,14 @@ class ChatUniviReader(BaseReader):
                 return f"{self.videos}/{candidate}", path
         raise SampleError(Reason.MISSING_VIDEO, f"{self.videos}/{name}: no such file")
 
+    def item_files(self, ref: ItemRef) -> list[str]:
+        """Both names `load` may open (the `.mkv` and its `.mp4` fallback): the one that
+        exists decides the bytes, so an `.mkv` appearing later is a change too."""
+        name = json.loads(ref.data["record"]).get("video")
+        if not isinstance(name, str):
+            return []
+        return [f"{self.videos}/{c}" for c in dict.fromkeys((name, name.replace("mkv", "mp4")))]
+
     def load(self, ref: ItemRef) -> RawClip:
         """`frames` frames of the video (RGB as stored) and the turns.
 

@@ -118,6 +118,16 @@ class GcgReader(BaseReader):
                      for i, rec in enumerate(data)]
         return sorted(items, key=lambda r: r.source_id)
 
+    def item_files(self, ref: ItemRef) -> list[str]:
+        """The image `load` reads, relative to root (none for a record rejected from its
+        JSON alone)."""
+        try:
+            parsed = _PARSERS[self.schema](json.loads(ref.data["record"]), self.file)
+        except SampleError:
+            return []
+        name = parsed.file_name
+        return [f"{self.images}/{name}"] if isinstance(name, str) else []
+
     def load(self, ref: ItemRef) -> RawSample:
         """The image and one mask per grounded phrase (union of its masks) at the image size.
 

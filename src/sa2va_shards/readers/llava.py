@@ -32,6 +32,11 @@ class LlavaReader(BaseReader):
     def list_items(self) -> list[ItemRef]:
         return chat_items(self.root, self.file)
 
+    def item_files(self, ref: ItemRef) -> list[str]:
+        """The image an image row reads (none for a pure-text row), relative to root."""
+        image = json.loads(ref.data["record"]).get("image")
+        return [f"{self.images}/{image}"] if isinstance(image, str) else []
+
     def load(self, ref: ItemRef) -> RawSample:
         """An image row: the image bytes and the turns; a pure-text row: no image.
 
