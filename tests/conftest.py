@@ -46,3 +46,12 @@ def synth(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+@pytest.fixture(scope="module")
+def encoder():
+    """Sa2VA-4B's chat template over a tokenizer built locally (never downloaded)."""
+    from sa2va_shards.loader.encode import Encoder
+    from tests.helpers.tokenizer import tiny_tokenizer
+
+    return Encoder(tiny_tokenizer(), "phi3_chat")

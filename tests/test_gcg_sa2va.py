@@ -13,10 +13,9 @@ import torch
 from sa2va_shards.build.run import run_build
 from sa2va_shards.config import VisionConfig, parse_config
 from sa2va_shards.loader import CorruptDataWarning, LoaderConfig, ShardDataset, ShardLoader
-from sa2va_shards.loader.encode import IGNORE_INDEX, Encoder
+from sa2va_shards.loader.encode import IGNORE_INDEX
 from sa2va_shards.readers.gcg import GCG_FILES
 from tests.helpers.sa2va_model import fill_slots, seg_targets
-from tests.helpers.tokenizer import tiny_tokenizer
 
 TOKENS = VisionConfig().tokens_per_image
 
@@ -31,11 +30,6 @@ def builds(synth, tmp_path_factory):
                             "shards": {"samples_per_shard": 3}, "out": str(out)})
         result[stem] = run_build(cfg, runner="serial", progress=False).build_dir
     return result
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    return Encoder(tiny_tokenizer(), "phi3_chat")
 
 
 @pytest.mark.parametrize("stem", list(GCG_FILES))

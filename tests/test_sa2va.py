@@ -17,8 +17,7 @@ from pycocotools import mask as mask_utils
 from torch import nn
 
 from pipeline.demo import DEMO_SETS
-from sa2va_shards.build.run import run_build
-from sa2va_shards.config import VisionConfig, parse_config
+from sa2va_shards.config import VisionConfig
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.format import GT_MASKS, decode_json, iter_samples
 from sa2va_shards.loader import CorruptDataWarning, LoaderConfig, ShardDataset, ShardLoader
@@ -37,6 +36,7 @@ from sa2va_shards.loader.encode import (
     Encoder,
     add_special_tokens,
 )
+from tests.helpers import build_demo_formats
 from tests.helpers.sa2va_model import fill_slots, seg_targets
 from tests.helpers.tokenizer import tiny_tokenizer
 
@@ -51,19 +51,9 @@ VIDEO = {"sav", "mevis", "revos", "refytvos"}
 @pytest.fixture(scope="module")
 def builds(synth, tmp_path_factory):
     """Every demo format, built serially (small sets, the demo's reader options)."""
-    out, result = tmp_path_factory.mktemp("sa2va"), {}
-    for fmt, name, _, _, options in DEMO_SETS:
-        root = synth(fmt, n_items=3 if fmt in VIDEO else 6, seed=3)
-        cfg = parse_config({"dataset": name, "reader": {"format": fmt, "root": str(root),
-                                                        "options": options},
-                            "shards": {"samples_per_shard": 3}, "out": str(out)})
-        result[fmt] = run_build(cfg, runner="serial", progress=False).build_dir
-    return result
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    return Encoder(tiny_tokenizer(), "phi3_chat")
+    return build_demo_formats(synth, tmp_path_factory.mktemp("sa2va"),
+                              [fmt for fmt, *_ in DEMO_SETS],
+                              n_items=lambda fmt: 3 if fmt in VIDEO else 6)
 
 
 def _batches(build, encoder, **cfg):

@@ -6,12 +6,8 @@ from __future__ import annotations
 
 import pytest
 
-from pipeline.demo import DEMO_SETS
-from sa2va_shards.build.run import run_build
-from sa2va_shards.config import parse_config
 from sa2va_shards.loader import LoaderConfig, ShardDataset
-from sa2va_shards.loader.encode import Encoder
-from tests.helpers.tokenizer import tiny_tokenizer
+from tests.helpers import build_demo_formats
 from tests.test_sa2va import SERVES, TASKS, VIDEO
 from tests.test_sa2va import test_every_build_and_task_fills_the_models_slots as check_slots
 
@@ -21,21 +17,8 @@ IMAGE_FORMATS = [fmt for fmt in SERVES if fmt not in VIDEO]
 @pytest.fixture(scope="module")
 def builds(synth, tmp_path_factory):
     """Every image demo format, built with the sources kept."""
-    out, result = tmp_path_factory.mktemp("sa2va_original"), {}
-    for fmt, name, _, _, options in DEMO_SETS:
-        if fmt in IMAGE_FORMATS:
-            root = synth(fmt, n_items=6, seed=3)
-            cfg = parse_config({"dataset": name, "reader": {"format": fmt, "root": str(root),
-                                                            "options": options},
-                                "image": {"store": "original"},
-                                "shards": {"samples_per_shard": 3}, "out": str(out)})
-            result[fmt] = run_build(cfg, runner="serial", progress=False).build_dir
-    return result
-
-
-@pytest.fixture(scope="module")
-def encoder():
-    return Encoder(tiny_tokenizer(), "phi3_chat")
+    return build_demo_formats(synth, tmp_path_factory.mktemp("sa2va_original"), IMAGE_FORMATS,
+                              n_items=lambda fmt: 6, image={"store": "original"})
 
 
 @pytest.mark.parametrize("fmt", IMAGE_FORMATS)
