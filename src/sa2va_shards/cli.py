@@ -174,6 +174,15 @@ def cmd_gc(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_publish(args: argparse.Namespace) -> int:
+    from sa2va_shards.publish import publish
+
+    r = publish(resolve_build(args.build, args.root), args.url)
+    print(f"published {r.url}: {r.uploaded} shards uploaded, {r.already_there} already there, "
+          f"tables, card" + (", latest" if r.latest else " (latest not moved)"))
+    return 0
+
+
 def _diff_pair(args: argparse.Namespace) -> tuple[Path, Path]:
     """Two builds; with one, that build's parent (the version it derives from) against it."""
     from sa2va_shards.manifest import read_card
@@ -355,6 +364,12 @@ def _add_history(sub) -> None:
                    help="say what would be removed and freed, remove nothing")
     _root_flag(p)
     p.set_defaults(fn=cmd_gc)
+    p = sub.add_parser("publish", help="upload a committed version to object storage, in the "
+                                       "commit order (shards, tables, card, latest); resumes")
+    p.add_argument("build", help=_BUILD_ARG)
+    p.add_argument("url", help="the store folder that plays `out`: s3://bucket/prefix, gs://..")
+    _root_flag(p)
+    p.set_defaults(fn=cmd_publish)
 
 
 def _synth_epilog() -> str:

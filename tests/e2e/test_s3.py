@@ -93,3 +93,47 @@ def test_not_a_build_and_unknown_stores_are_one_line_errors(uploaded, tmp_path):
         ShardDataset("s3://bucket/out/nothing", cfg)
     with pytest.raises(ConfigError, match="cannot open this store"):
         ShardDataset("nosuchstore://bucket/x", cfg)
+
+
+# -- publish: a local build to the store, in the commit order -------------------------------
+
+def test_publish_uploads_in_commit_order_resumes_and_the_loader_reads_it(store, uploaded,
+                                                                          tmp_path, monkeypatch):
+    from sa2va_shards.cli import main
+    from sa2va_shards.publish import publish
+
+    version, cfg = uploaded.name, LoaderConfig(gt_masks="image", cache_dir=str(tmp_path))
+    shards = sorted(p.name for p in (uploaded / "shards").glob("*.tar"))
+    assert len(shards) >= 3
+    real_put, order, crashed = type(store)._put_file, [], []
+
+    async def crash_on_the_second_shard(fs, lpath, rpath, *args, **kwargs):
+        order.append(rpath.rsplit("/", 1)[1])
+        if len(order) == 2 and not crashed:  # once
+            crashed.append(rpath)
+            raise OSError("connection reset")
+        return await real_put(fs, lpath, rpath, *args, **kwargs)
+
+    # s3fs binds its sync put_file to the async _put_file when an instance is made: patch the
+    # class, then drop the cached instances so publish's client is made with the patch
+    monkeypatch.setattr(type(store), "_put_file", crash_on_the_second_shard)
+    type(store).clear_instance_cache()
+    with pytest.raises(ConfigError, match="upload failed.*rerun to resume"):
+        publish(uploaded, "s3://bucket/pub")
+    # a half-published version has no card: the loader refuses it, `latest` does not exist
+    assert not store.exists(f"bucket/pub/ds/{version}/dataset.json")
+    with pytest.raises(ConfigError, match="not a build or a dataset folder"):
+        ShardDataset("s3://bucket/pub/ds", cfg)
+    order.clear()
+    report = publish(uploaded, "s3://bucket/pub")
+    assert (report.uploaded, report.already_there, report.latest) == (len(shards) - 1, 1, True)
+    # shards first, then the tables, the card last of the version (`latest` is a pipe)
+    assert order[:len(shards) - 1] == shards[1:]
+    assert order[len(shards) - 1:] == ["shards.parquet", "samples.parquet", "rejects.parquet",
+                                       "dataset.json"]
+    store.invalidate_cache()
+    assert _keys("s3://bucket/pub/ds", cfg) == _keys(uploaded, cfg)
+    monkeypatch.undo()
+    type(store).clear_instance_cache()
+    assert main(["publish", str(uploaded), "s3://bucket/pub"]) == 0  # again: nothing to upload
+    assert main(["publish", str(uploaded), str(tmp_path / "local")]) == 2  # not a store

@@ -24,7 +24,7 @@ from typing import Any
 from sa2va_shards.atomic import atomic_path, atomic_write
 from sa2va_shards.errors import ConfigError
 
-__all__ = ["REMOTE_MARKER", "ensure_local", "is_remote", "mirror"]
+__all__ = ["REMOTE_MARKER", "ensure_local", "is_remote", "mirror", "store_fs"]
 
 #: in a mirrored build folder: {"url": <the version folder on the store>}.
 REMOTE_MARKER = ".remote"
@@ -36,7 +36,7 @@ def is_remote(source: Any) -> bool:
     return isinstance(source, str) and "://" in source and not source.startswith("file://")
 
 
-def _fs(url: str) -> tuple[Any, str]:
+def store_fs(url: str) -> tuple[Any, str]:
     import fsspec
 
     try:
@@ -53,7 +53,7 @@ def mirror(url: str, cache_dir: str | Path) -> Path:
         ConfigError: the store cannot be opened, or `url` is neither a build nor a dataset
             folder with `latest`.
     """
-    fs, root = _fs(url)
+    fs, root = store_fs(url)
     root = root.rstrip("/")
     try:
         if not fs.exists(f"{root}/dataset.json"):
@@ -84,7 +84,7 @@ def ensure_local(path: Path, budget: int) -> None:
         os.utime(path)  # recently used
         return
     remote = json.loads(marker.read_text())["url"]
-    fs, root = _fs(remote)
+    fs, root = store_fs(remote)
     with atomic_path(path) as tmp:
         fs.get_file(f"{root}/shards/{path.name}", str(tmp))
     _evict(path.parent.parent.parent.parent, budget, keep=path)
