@@ -137,3 +137,24 @@ def test_publish_uploads_in_commit_order_resumes_and_the_loader_reads_it(store, 
     type(store).clear_instance_cache()
     assert main(["publish", str(uploaded), "s3://bucket/pub"]) == 0  # again: nothing to upload
     assert main(["publish", str(uploaded), str(tmp_path / "local")]) == 2  # not a store
+
+
+def test_a_shard_evicted_between_fetch_and_open_is_fetched_again(uploaded, tmp_path,
+                                                                  monkeypatch):
+    """Workers share the cache: one making room can remove a shard another has fetched but
+    not opened yet. Simulated by removing every shard right after its first fetch."""
+    import sa2va_shards.loader.dataset as dataset_mod
+    from sa2va_shards.loader.remote import ensure_local
+
+    fetched, cfg = [], LoaderConfig(gt_masks="image", cache_dir=str(tmp_path))
+    expected = _keys(uploaded, cfg)
+
+    def evicted_once(path, budget):
+        ensure_local(path, budget)
+        if path.is_relative_to(tmp_path) and path not in fetched:  # a cached shard only
+            fetched.append(path)
+            path.unlink()  # another worker's eviction, before this one opens it
+
+    monkeypatch.setattr(dataset_mod, "ensure_local", evicted_once)
+    assert _keys("s3://bucket/out/ds", cfg, workers=0) == expected
+    assert len(fetched) == len(list((uploaded / "shards").glob("*.tar")))

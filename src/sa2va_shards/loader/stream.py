@@ -283,11 +283,24 @@ class TarStream:
         try:
             local = _local_path(url)
             if local is not None and self.fetch is not None:
-                self.fetch(local)  # a mirrored remote build: download the shard first
+                return _HashingReader(self._fetch_and_open(local))
             return _HashingReader(open_regular(local) if local else gopen.gopen(url))
         except Exception as e:  # noqa: BLE001 - the handler decides (system errors re-raised)
             self._handler(e)
             return None
+
+    def _fetch_and_open(self, local: Path, tries: int = 3):
+        """A mirrored remote build's shard: download it, then open it. Another worker making
+        room in the shared cache may remove it between the two (an open file stays readable,
+        a fetched one not yet opened does not): fetch again."""
+        for _ in range(tries - 1):
+            self.fetch(local)
+            try:
+                return open_regular(local)
+            except FileNotFoundError:
+                continue
+        self.fetch(local)
+        return open_regular(local)
 
     def __iter__(self) -> Iterator[dict]:
         for url in self.urls:
