@@ -294,8 +294,8 @@ class TarStream:
         room in the shared cache may remove it between the two (an open file stays readable,
         a fetched one not yet opened does not): fetch again."""
         for _ in range(tries - 1):
-            self.fetch(local)
             try:
+                self.fetch(local)
                 return open_regular(local)
             except FileNotFoundError:
                 continue
