@@ -7,6 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from sa2va_shards.config import ImageConfig, VisionConfig, parse_config
 from sa2va_shards.errors import ConfigError
@@ -146,3 +148,17 @@ def test_out_on_the_command_line_is_checked_too(tmp_path, monkeypatch):
     cfg.write_text("dataset: d\nreader: {format: coco, root: raw}\n")
     assert main(["build", str(cfg), "--out", "gs://bucket/x", "--runner", "serial"]) == 2
     assert not (tmp_path / "gs:").exists()
+
+
+@given(scheme=st.from_regex(r"[a-z][a-z0-9+.-]{0,12}", fullmatch=True).filter(
+    lambda s: s != "file"), rest=st.from_regex(r"[A-Za-z0-9_./-]{0,30}", fullmatch=True),
+    key=st.sampled_from(["out", "root"]))
+def test_any_url_scheme_but_file_is_refused_for_builds(scheme, rest, key):
+    """Every scheme, not one value: a build reads and writes local or mounted paths only, and
+    a URL anywhere else is refused by name before a folder could be made."""
+    url = f"{scheme}://{rest}"
+    data = {"dataset": "d", "reader": {"format": "coco", "root": "/data/raw"}, "out": "/data/out"}
+    (data["reader"] if key == "root" else data)[key] = url
+    with pytest.raises(ConfigError, match="builds read and write local") as e:
+        parse_config(data)
+    assert url in str(e.value)

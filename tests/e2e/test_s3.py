@@ -139,10 +139,12 @@ def test_publish_uploads_in_commit_order_resumes_and_the_loader_reads_it(store, 
     assert main(["publish", str(uploaded), str(tmp_path / "local")]) == 2  # not a store
 
 
+@pytest.mark.parametrize("evictions", [1, 2])
 def test_a_shard_evicted_between_fetch_and_open_is_fetched_again(uploaded, tmp_path,
-                                                                  monkeypatch):
+                                                                  monkeypatch, evictions):
     """Workers share the cache: one making room can remove a shard another has fetched but
-    not opened yet. Simulated by removing every shard right after its first fetch."""
+    not opened yet. Simulated by removing every shard right after each of its first
+    `evictions` fetches."""
     import sa2va_shards.loader.dataset as dataset_mod
     from sa2va_shards.loader.remote import ensure_local
 
@@ -151,10 +153,58 @@ def test_a_shard_evicted_between_fetch_and_open_is_fetched_again(uploaded, tmp_p
 
     def evicted_once(path, budget):
         ensure_local(path, budget)
-        if path.is_relative_to(tmp_path) and path not in fetched:  # a cached shard only
+        if path.is_relative_to(tmp_path) and fetched.count(path) < evictions:  # cached only
             fetched.append(path)
             path.unlink()  # another worker's eviction, before this one opens it
 
     monkeypatch.setattr(dataset_mod, "ensure_local", evicted_once)
     assert _keys("s3://bucket/out/ds", cfg, workers=0) == expected
-    assert len(fetched) == len(list((uploaded / "shards").glob("*.tar")))
+    assert len(fetched) == evictions * len(list((uploaded / "shards").glob("*.tar")))
+
+
+def test_a_publish_that_fails_at_any_upload_never_shows_a_partial_version(store, uploaded,
+                                                                          monkeypatch):
+    """Every failure point, not one: whichever upload fails (any shard, any table, the card,
+    or `latest`), the store holds no card unless every shard and table is there, `latest`
+    only after the card, and a rerun completes the version."""
+    from sa2va_shards.publish import publish
+
+    version, real_put, real_pipe = uploaded.name, type(store)._put_file, type(store)._pipe_file
+    n_shards = len(list((uploaded / "shards").glob("*.tar")))
+    uploads, fail_at = [], [0]
+
+    def fail_here(remote: str) -> None:
+        uploads.append(remote)
+        if len(uploads) == fail_at[0]:
+            raise OSError("connection reset")
+
+    async def put(fs, lpath, rpath, *args, **kwargs):
+        fail_here(rpath)
+        return await real_put(fs, lpath, rpath, *args, **kwargs)
+
+    async def pipe(fs, path, *args, **kwargs):
+        fail_here(path)
+        return await real_pipe(fs, path, *args, **kwargs)
+
+    monkeypatch.setattr(type(store), "_put_file", put)
+    monkeypatch.setattr(type(store), "_pipe_file", pipe)
+    total = n_shards + 3 + 1 + 1  # shards, tables, card, latest
+    for k in range(1, total + 1):
+        type(store).clear_instance_cache()
+        uploads.clear()
+        fail_at[0] = k
+        with pytest.raises(ConfigError, match="upload failed"):
+            publish(uploaded, f"s3://bucket/fail{k}")
+        store.invalidate_cache()
+        where = f"bucket/fail{k}/ds"
+        card = store.exists(f"{where}/{version}/dataset.json")
+        whole = all(store.exists(f"{where}/{version}/shards/{p.name}")
+                    for p in (uploaded / "shards").glob("*.tar")) and all(
+            store.exists(f"{where}/{version}/{t}")
+            for t in ("shards.parquet", "samples.parquet", "rejects.parquet"))
+        assert (card, store.exists(f"{where}/latest")) == (k == total, False)
+        assert not card or whole
+        fail_at[0] = 0
+        assert publish(uploaded, f"s3://bucket/fail{k}").latest
+        store.invalidate_cache()
+        assert store.exists(f"{where}/latest") and store.exists(f"{where}/{version}/dataset.json")
