@@ -127,17 +127,24 @@ def test_paths_the_docs_name_exist():
 
 
 @pytest.mark.parametrize("key", ["out", "root"])
-def test_builds_refuse_object_store_urls_before_writing_and_read_file_urls(tmp_path, key):
+def test_store_urls_are_kept_and_file_urls_are_paths(tmp_path, key):
     data = {"dataset": "d", "reader": {"format": "coco", "root": str(tmp_path / "raw")},
             "out": str(tmp_path / "out")}
     where = data["reader"] if key == "root" else data
     where[key] = "s3://bucket/prefix"
-    with pytest.raises(ConfigError, match=r"s3://bucket/prefix: builds read and write local"):
-        parse_config(data)
+    cfg = parse_config(data, base_dir=tmp_path)  # a URL never resolves against the folder
+    assert (cfg.reader.root if key == "root" else cfg.out) == "s3://bucket/prefix"
     where[key] = f"file://{tmp_path / 'x'}"
     cfg = parse_config(data)
     assert (cfg.reader.root if key == "root" else cfg.out) == str(tmp_path / "x")
     assert not (tmp_path / "s3:").exists() and not Path("s3:").exists()
+
+
+@pytest.mark.parametrize("url", ["https://host/x", "zip://a.zip", "memory://x"])
+def test_schemes_that_cannot_hold_a_build_are_refused(url):
+    data = {"dataset": "d", "reader": {"format": "coco", "root": "/data/raw"}, "out": url}
+    with pytest.raises(ConfigError, match="cannot hold a build"):
+        parse_config(data)
 
 
 def test_out_on_the_command_line_is_checked_too(tmp_path, monkeypatch):
@@ -151,14 +158,21 @@ def test_out_on_the_command_line_is_checked_too(tmp_path, monkeypatch):
 
 
 @given(scheme=st.from_regex(r"[a-z][a-z0-9+.-]{0,12}", fullmatch=True).filter(
-    lambda s: s != "file"), rest=st.from_regex(r"[A-Za-z0-9_./-]{0,30}", fullmatch=True),
+    lambda s: s not in _known_protocols()),
+    rest=st.from_regex(r"[A-Za-z0-9_./-]{0,30}", fullmatch=True),
     key=st.sampled_from(["out", "root"]))
-def test_any_url_scheme_but_file_is_refused_for_builds(scheme, rest, key):
-    """Every scheme, not one value: a build reads and writes local or mounted paths only, and
-    a URL anywhere else is refused by name before a folder could be made."""
+def test_any_unknown_url_scheme_is_refused_for_builds(scheme, rest, key):
+    """Every scheme fsspec does not know, not one value: refused by name before a folder
+    could be made."""
     url = f"{scheme}://{rest}"
     data = {"dataset": "d", "reader": {"format": "coco", "root": "/data/raw"}, "out": "/data/out"}
     (data["reader"] if key == "root" else data)[key] = url
-    with pytest.raises(ConfigError, match="builds read and write local") as e:
+    with pytest.raises(ConfigError, match="no store for") as e:
         parse_config(data)
     assert url in str(e.value)
+
+
+def _known_protocols() -> set[str]:
+    import fsspec
+
+    return set(fsspec.available_protocols()) | {"file", "local"}

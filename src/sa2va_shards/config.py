@@ -313,23 +313,47 @@ def _validate(cfg: BuildConfig) -> None:
         raise ConfigError(f"dataset: {cfg.dataset!r} must be letters, digits, '_' or '-'")
 
 
-def local_path(value: str, key: str) -> str:
-    """A build's `reader.root` or `out` as a local path: builds read and write local or
-    mounted file systems; `file://` is a path; any other URL scheme is refused here, before
-    anything is written (a build to `s3://` would otherwise make a local folder named `s3:`).
+#: fsspec protocols that cannot hold a build: read-only, archives, or one process's memory (a
+#: Ray worker would not see it).
+_NOT_STORES = frozenset({"http", "https", "zip", "tar", "libarchive", "data", "github", "git",
+                         "gist", "reference", "memory", "cached", "simplecache", "filecache",
+                         "blockcache", "dir", "generic", "async_wrapper", "asyncwrapper"})
+
+
+def is_url(value: str) -> bool:
+    """A URL of an fsspec store (`s3://`, `gs://`, ...); plain paths and `file://` are not."""
+    scheme, sep, _ = value.partition("://")
+    return bool(sep) and scheme not in ("file", "local")
+
+
+def build_location(value: str, key: str) -> str:
+    """A build's `reader.root` or `out`: a local (or mounted) path, `file://` read as a path,
+    or an object-store URL kept as it is, once fsspec knows its scheme and can import the
+    package behind it: an unsupported scheme fails here, before anything is written (it
+    would otherwise make a local folder named `s3:`).
 
     Raises:
-        ConfigError: a URL of another scheme.
+        ConfigError: a scheme fsspec does not know, one whose package is missing (s3fs for
+            s3://, gcsfs for gs://), or one that cannot hold a build (http, zip, memory...).
     """
     scheme, sep, rest = value.partition("://")
     if not sep:
         return value
-    if scheme == "file":
+    if scheme in ("file", "local"):
         return rest
-    raise ConfigError(f"{key}: {value}: builds read and write local or mounted file systems, "
-                      f"not {scheme}:// (yet); build to a local or shared folder, then copy the "
-                      "version folder to the store: the loader reads builds on s3:// and any "
-                      "fsspec store")
+    from fsspec.registry import get_filesystem_class
+
+    if scheme in _NOT_STORES:
+        raise ConfigError(f"{key}: {value}: {scheme}:// cannot hold a build (read-only, an "
+                          "archive or one process's memory); use a path or an object store "
+                          "such as s3:// or gs://")
+    try:
+        get_filesystem_class(scheme)
+    except (ValueError, ImportError) as e:  # unknown protocol, or its package not installed
+        raise ConfigError(f"{key}: {value}: no store for {scheme}:// ({e}); builds take a "
+                          "path, file://, or an fsspec store URL whose package is installed "
+                          "(pip install s3fs for s3://, gcsfs for gs://)") from None
+    return value
 
 
 def parse_config(data: dict[str, Any], *, base_dir: Path | None = None) -> BuildConfig:
@@ -343,12 +367,14 @@ def parse_config(data: dict[str, Any], *, base_dir: Path | None = None) -> Build
     """
     cfg = _build(BuildConfig, data, "")
     cfg = dataclasses.replace(
-        cfg, out=local_path(cfg.out, "out"),
-        reader=dataclasses.replace(cfg.reader, root=local_path(cfg.reader.root, "reader.root")))
-    if base_dir is not None and not Path(cfg.reader.root).is_absolute():
+        cfg, out=build_location(cfg.out, "out"), reader=dataclasses.replace(
+            cfg.reader, root=build_location(cfg.reader.root, "reader.root")))
+    if base_dir is not None and not is_url(cfg.reader.root) \
+            and not Path(cfg.reader.root).is_absolute():
         root = str((base_dir / cfg.reader.root).resolve())
         cfg = dataclasses.replace(cfg, reader=dataclasses.replace(cfg.reader, root=root))
-    if base_dir is not None and not Path(cfg.out).is_absolute():  # as root: the file's folder
+    if base_dir is not None and not is_url(cfg.out) \
+            and not Path(cfg.out).is_absolute():  # as root: the file's folder
         cfg = dataclasses.replace(cfg, out=str((base_dir / cfg.out).resolve()))
     _validate(cfg)
     _check_reader(cfg.reader)

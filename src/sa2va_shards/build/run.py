@@ -26,7 +26,7 @@ from sa2va_shards.build.provenance import code_fingerprint, code_id, input_files
 from sa2va_shards.build.runners import Runner, make_runner, ray_available
 from sa2va_shards.build.shard import process_shard
 from sa2va_shards.build.store import STORE, ShardStore, store_lock
-from sa2va_shards.config import BuildConfig, local_path
+from sa2va_shards.config import BuildConfig, build_location, is_url
 from sa2va_shards.errors import BuildAborted, ConfigError
 from sa2va_shards.format import SCHEMA_VERSION, preprocessing_block
 from sa2va_shards.manifest import (
@@ -180,7 +180,10 @@ def run_build(cfg: BuildConfig, *, runner: str | Runner = "ray",
         log_json: append JSON-lines events (start, one per shard, end) to this file.
     """
     t0 = time.perf_counter()
-    cfg = dataclasses.replace(cfg, out=local_path(cfg.out, "out"))  # `--out` skips the parse
+    cfg = dataclasses.replace(cfg, out=build_location(cfg.out, "out"))  # `--out` skips the parse
+    for key, value in (("out", cfg.out), ("reader.root", cfg.reader.root)):
+        if is_url(value):  # TODO(issue 13): in progress
+            raise ConfigError(f"{key}: {value}: builds on object storage are not wired yet")
     _check_out(cfg.out)
     reader = get_reader(cfg.reader)
     items, partial = _apply_limit(reader.list_items(), limit)
