@@ -54,17 +54,19 @@ def _logs_above_bars():
 
 
 def _print_build(result) -> None:
+    where = result.url or result.build_dir  # a build to a store: its URL, not the staging
     if result.reused:
-        print(f"version {result.version} already built at {result.build_dir}: nothing to do")
+        print(f"version {result.version} already built at {where}: nothing to do")
     else:
         n = result.resumed_shards
         extra = f", resumed {n} finished shards" if n else ""
-        print(f"built {result.build_dir} version {result.version} ({result.runner}{extra}) "
+        print(f"built {where} version {result.version} ({result.runner}{extra}) "
               f"in {result.timings['total_s']:.1f} s: {result.built_shards} shards computed, "
               f"{result.reused_shards} reused from the store")
     if result.limit:
         print(f"partial build (--limit {result.limit}): `latest` not moved; read it as "
-              f"{result.build_dir} or {result.build_dir.parent.name}@{result.version}")
+              f"{where}" + ("" if result.url else
+                            f" or {result.build_dir.parent.name}@{result.version}"))
     print(_summary_line(result.counts))
 
 

@@ -19,6 +19,7 @@ import yaml
 
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.safe_io import open_regular
+from sa2va_shards.stores import is_url
 
 __all__ = [
     "BuildConfig",
@@ -318,12 +319,6 @@ def _validate(cfg: BuildConfig) -> None:
 _NOT_STORES = frozenset({"http", "https", "zip", "tar", "libarchive", "data", "github", "git",
                          "gist", "reference", "memory", "cached", "simplecache", "filecache",
                          "blockcache", "dir", "generic", "async_wrapper", "asyncwrapper"})
-
-
-def is_url(value: str) -> bool:
-    """A URL of an fsspec store (`s3://`, `gs://`, ...); plain paths and `file://` are not."""
-    scheme, sep, _ = value.partition("://")
-    return bool(sep) and scheme not in ("file", "local")
 
 
 def build_location(value: str, key: str) -> str:

@@ -42,6 +42,7 @@ __all__ = [
     "file_sha256",
     "input_fingerprint",
     "load_progress",
+    "parse_result",
     "read_card",
     "read_manifest",
     "read_result",
@@ -127,19 +128,27 @@ def load_progress(build_dir: Path, shard_file: str) -> ShardResult | None:
                        build_dir / "shards" / shard_file)
 
 
+def parse_result(text: str | bytes) -> ShardResult | None:
+    """A saved shard result (`write_result`'s JSON), or None when it is not one."""
+    try:
+        d = json.loads(text)
+        return ShardResult(
+            shard=ShardRecord(**d["shard"]), samples=[SampleRecord(**s) for s in d["samples"]],
+            rejects=[RejectRecord(**r) for r in d["rejects"]], read=d["read"],
+            seconds=d["seconds"], max_rss_mb=d.get("max_rss_mb", 0.0))
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
 def read_result(side: Path, tar: Path) -> ShardResult | None:
     """The result saved in `side` if `tar` still has its recorded sha256, else None."""
     if not is_regular(side) or not is_regular(tar):  # a FIFO would hang the resume
         return None
     try:
-        d = json.loads(side.read_text())
-        result = ShardResult(
-            shard=ShardRecord(**d["shard"]), samples=[SampleRecord(**s) for s in d["samples"]],
-            rejects=[RejectRecord(**r) for r in d["rejects"]], read=d["read"],
-            seconds=d["seconds"], max_rss_mb=d.get("max_rss_mb", 0.0))
-    except (OSError, ValueError, KeyError, TypeError):
+        result = parse_result(side.read_bytes())
+    except OSError:
         return None
-    if file_sha256(tar) != result.shard.sha256:
+    if result is None or file_sha256(tar) != result.shard.sha256:
         return None
     return result
 

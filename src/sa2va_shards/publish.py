@@ -16,15 +16,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from sa2va_shards.build.remote import set_store_latest, upload_version_files
 from sa2va_shards.errors import ConfigError
-from sa2va_shards.loader.remote import is_remote, store_fs
-from sa2va_shards.manifest import CARD, read_card, read_manifest
-from sa2va_shards.versions import LATEST, read_latest
+from sa2va_shards.manifest import read_card, read_manifest
+from sa2va_shards.stores import is_url, protocol_of, store_fs
+from sa2va_shards.versions import read_latest
 
 __all__ = ["PublishReport", "publish"]
-
-_TABLES = ("shards.parquet", "samples.parquet", "rejects.parquet")
-
 
 @dataclass(frozen=True, kw_only=True)
 class PublishReport:
@@ -46,25 +44,22 @@ def publish(build_dir: str | Path, url: str) -> PublishReport:
     """
     build_dir = Path(build_dir)
     card = read_card(build_dir)  # a version without its card is not committed
-    if not is_remote(url):
+    if not is_url(url):
         raise ConfigError(f"{url}: not an object-store URL (s3://, gs://, ...); a local copy "
                           "is a plain copy of the version folder")
     fs, root = store_fs(url)
-    dest = f"{root.rstrip('/')}/{card['dataset']}"
-    version = f"{dest}/{card['version']}"
+    version = f"{root.rstrip('/')}/{card['dataset']}/{card['version']}"
     try:
         uploaded, there = _shards(fs, build_dir, version)
-        for name in (*_TABLES, CARD):  # the card last: the version is whole from here on
-            fs.put_file(str(build_dir / name), f"{version}/{name}")
         latest = not card.get("partial") and read_latest(build_dir.parent) == card["version"]
+        upload_version_files(fs, build_dir, version)
         if latest:
-            fs.pipe_file(f"{dest}/{LATEST}", (card["version"] + "\n").encode())
+            set_store_latest(fs, version)
     except OSError as e:
         raise ConfigError(f"{url}: upload failed ({type(e).__name__}: {e}); rerun to resume"
                           ) from e
-    protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
-    return PublishReport(url=f"{protocol}://{version}", uploaded=uploaded, already_there=there,
-                         latest=latest)
+    return PublishReport(url=f"{protocol_of(fs)}://{version}", uploaded=uploaded,
+                         already_there=there, latest=latest)
 
 
 def _shards(fs, build_dir: Path, version: str) -> tuple[int, int]:

@@ -15,8 +15,8 @@ from sa2va_shards.errors import ConfigError
 from sa2va_shards.manifest import CARD, read_card, read_manifest
 from sa2va_shards.safe_io import open_regular
 
-__all__ = ["LATEST", "derive_parent", "diff_versions", "flatten", "list_versions", "read_latest",
-           "set_latest"]
+__all__ = ["LATEST", "by_age", "complete_cards", "derive_parent", "diff_versions", "flatten",
+           "list_versions", "read_latest", "set_latest"]
 
 #: file in `<out>/<dataset>/` holding the newest complete version's id.
 LATEST = "latest"
@@ -62,19 +62,23 @@ def _config_changes(old: dict, new: dict) -> dict[str, list]:
             if a.get(k) != b.get(k) and k not in _LOCATION_KEYS}
 
 
-def _cards(dataset_dir: Path) -> list[dict[str, Any]]:
-    """The cards of the complete versions, oldest first."""
-    cards = [read_card(d) for d in sorted(dataset_dir.iterdir()) if (d / CARD).exists()]
+def complete_cards(dataset_dir: Path) -> list[dict[str, Any]]:
+    """The cards of the complete versions in `dataset_dir`, oldest first."""
+    return by_age([read_card(d) for d in sorted(dataset_dir.iterdir()) if (d / CARD).exists()])
+
+
+def by_age(cards: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(cards, key=lambda c: (c["created"], c["version"]))
 
 
-def derive_parent(dataset_dir: Path, config: dict[str, Any], *, version: str) -> str | None:
-    """The version a build of `config` derives from: of the complete full versions (not
-    `version` itself, not `--limit` builds), the one whose config differs from `config` in
+def derive_parent(cards: list[dict[str, Any]], config: dict[str, Any], *,
+                  version: str) -> str | None:
+    """The version a build of `config` derives from: of the complete full versions in `cards`
+    (not `version` itself, not `--limit` builds), the one whose config differs from `config` in
     the fewest id keys; the newest of those (same config: the same recipe on older inputs).
     None for a dataset's first version. Not `latest`: a build of another config may have
     moved it."""
-    candidates = [c for c in _cards(dataset_dir)
+    candidates = [c for c in by_age(cards)
                   if c["version"] != version and not c.get("partial")]
     if not candidates:
         return None
@@ -91,7 +95,7 @@ def list_versions(dataset_dir: str | Path) -> list[dict[str, Any]]:
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
         raise ConfigError(f"{dataset_dir}: not a folder of versions (OUT/<dataset>)")
-    cards = _cards(dataset_dir)
+    cards = complete_cards(dataset_dir)
     by_version = {c["version"]: c for c in cards}
     latest = read_latest(dataset_dir)
     rows = []

@@ -3,11 +3,8 @@ shard cache. The store is moto's server on localhost, the client the real s3fs."
 
 from __future__ import annotations
 
-import os
-import socket
 import tarfile
 
-import fsspec
 import pytest
 
 from sa2va_shards.build.run import run_build
@@ -16,34 +13,6 @@ from sa2va_shards.loader import LoaderConfig, ShardDataset, ShardLoader
 from tests.helpers import make_config
 
 pytestmark = pytest.mark.filterwarnings("ignore::UserWarning")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def store():
-    from moto.server import ThreadedMotoServer
-
-    port = _free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint}
-    old = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    fsspec.config.conf["s3"] = {"client_kwargs": {"endpoint_url": endpoint}}
-    fs = fsspec.filesystem("s3", skip_instance_cache=True)
-    fs.mkdir("bucket")
-    yield fs
-    fsspec.config.conf.pop("s3", None)
-    for k, v in old.items():
-        os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
-    server.stop()
 
 
 @pytest.fixture(scope="module")

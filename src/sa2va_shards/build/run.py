@@ -23,10 +23,19 @@ from sa2va_shards import __version__
 from sa2va_shards.build.plan import plan_shards
 from sa2va_shards.build.progress import BuildProgress
 from sa2va_shards.build.provenance import code_fingerprint, code_id, input_files, shard_keys
+from sa2va_shards.build.remote import (
+    COMMITTING,
+    StoreIndex,
+    commit_on_store,
+    finished_shards,
+    staging_out,
+    store_card,
+    store_cards,
+)
 from sa2va_shards.build.runners import Runner, make_runner, ray_available
 from sa2va_shards.build.shard import process_shard
 from sa2va_shards.build.store import STORE, ShardStore, store_lock
-from sa2va_shards.config import BuildConfig, build_location, is_url
+from sa2va_shards.config import BuildConfig, build_location
 from sa2va_shards.errors import BuildAborted, ConfigError
 from sa2va_shards.format import SCHEMA_VERSION, preprocessing_block
 from sa2va_shards.manifest import (
@@ -42,7 +51,8 @@ from sa2va_shards.manifest import (
 )
 from sa2va_shards.readers import get_reader
 from sa2va_shards.records import RejectRecord, ShardPlan, ShardResult
-from sa2va_shards.versions import derive_parent, set_latest
+from sa2va_shards.stores import is_url, store_fs
+from sa2va_shards.versions import complete_cards, derive_parent, set_latest
 
 __all__ = ["AUTO_SERIAL_MAX_INPUTS", "BuildResult", "run_build"]
 
@@ -53,6 +63,7 @@ log = logging.getLogger(__name__)
 class BuildResult:
     """Where a build went and what it counted."""
 
+    #: the version folder (for a build to a store: its staging folder on this machine).
     build_dir: Path
     version: str
     counts: dict
@@ -69,6 +80,8 @@ class BuildResult:
     runner: str = ""
     #: `--limit`: a partial build of the first `limit` inputs (never `latest`); None: full.
     limit: int | None = None
+    #: the version folder's URL for a build to a store (`out: s3://...`); None: local.
+    url: str | None = None
 
 
 #: `runner="auto"` builds in-process when the shards still to build hold at most this many
@@ -76,11 +89,6 @@ class BuildResult:
 #: outweighs its speed-up below this (docs/benchmarks.md: 46 inputs 1.0 s serial vs 7.7 s on
 #: a 2-CPU Ray, 400: 8.0 vs 16.0 s; break-even ~800-1600 inputs on 2 cores, ~300 on 16).
 AUTO_SERIAL_MAX_INPUTS = 500
-
-
-#: present from just before dataset.json is written until `latest` has moved: a rerun that
-#: finds it next to a card finishes the commit instead of saying "nothing to do".
-COMMITTING = ".committing"
 
 
 @contextlib.contextmanager
@@ -100,15 +108,6 @@ def _build_lock(build_dir: Path):
             yield
         finally:
             fcntl.flock(f.fileno(), fcntl.LOCK_UN)
-
-
-def _finish_commit(build_dir: Path, version: str, *, partial: bool = False) -> None:
-    """The last steps of a commit, safe to repeat: move `latest` (never to a partial build),
-    drop the sidecars."""
-    if not partial:
-        set_latest(build_dir.parent, version)
-    shutil.rmtree(build_dir / PROGRESS_DIR, ignore_errors=True)
-    (build_dir / COMMITTING).unlink(missing_ok=True)
 
 
 def _check_out(out: str) -> None:
@@ -181,9 +180,8 @@ def run_build(cfg: BuildConfig, *, runner: str | Runner = "ray",
     """
     t0 = time.perf_counter()
     cfg = dataclasses.replace(cfg, out=build_location(cfg.out, "out"))  # `--out` skips the parse
-    for key, value in (("out", cfg.out), ("reader.root", cfg.reader.root)):
-        if is_url(value):  # TODO(issue 13): in progress
-            raise ConfigError(f"{key}: {value}: builds on object storage are not wired yet")
+    if is_url(cfg.reader.root):  # TODO(issue 13): in progress
+        raise ConfigError(f"reader.root: {cfg.reader.root}: not wired yet")
     _check_out(cfg.out)
     reader = get_reader(cfg.reader)
     items, partial = _apply_limit(reader.list_items(), limit)
@@ -191,7 +189,7 @@ def run_build(cfg: BuildConfig, *, runner: str | Runner = "ray",
     files = input_files(cfg.reader.root, cfg.reader.fingerprint)
     version = (version_id(cfg, fingerprint, code=code_id(), files=files.fingerprint)
                + (f"-first{partial['limit']}" if partial else ""))
-    build_dir = Path(cfg.out) / cfg.dataset / version
+    out = _output(cfg, version)
     t_index = time.perf_counter() - t0
     plans, plan_rejects = plan_shards(items, dataset=cfg.dataset,
                                       samples_per_shard=cfg.shards.samples_per_shard)
@@ -205,12 +203,65 @@ def run_build(cfg: BuildConfig, *, runner: str | Runner = "ray",
                log_json=log_json, partial=partial)
     try:
         # shared: builds run side by side; `gc` waits for none and removes nothing they use
-        with store_lock(build_dir.parent, exclusive=False), _build_lock(build_dir):
+        with store_lock(out.build_dir.parent, exclusive=False), _build_lock(out.build_dir):
             return _build_locked(cfg, _Work(plans, plan_rejects, keys),
-                                 (fingerprint, files.fingerprint), version, build_dir, t0,
+                                 (fingerprint, files.fingerprint), version, out, t0,
                                  t_index, run)
     except (FileExistsError, NotADirectoryError, PermissionError) as e:
-        raise ConfigError(f"out: cannot write {build_dir}: {type(e).__name__}: {e}") from e
+        raise ConfigError(f"out: cannot write {out.dest}: {type(e).__name__}: {e}") from e
+
+
+@dataclass(frozen=True)
+class _Out:
+    """Where the version goes: `build_dir` on this machine (the version folder, or for a
+    build to a store its staging folder: locks, tables and card on their way up) and `dest`,
+    the version folder the shards go to (the same path, or its URL on the store)."""
+
+    build_dir: Path
+    dest: str
+
+    @property
+    def remote(self) -> bool:
+        return is_url(self.dest)
+
+    def shard_store(self) -> ShardStore | StoreIndex:
+        if self.remote:
+            return StoreIndex(self.dest.rsplit("/", 1)[0])
+        return ShardStore(self.build_dir.parent / STORE)
+
+    def finished(self, plans: list[ShardPlan]) -> dict[str, ShardResult]:
+        """Shards a previous run of this version finished (for resume)."""
+        if self.remote:
+            return finished_shards(self.dest, {p.name for p in plans})
+        return {p.name: r for p in plans if (r := load_progress(self.build_dir, p.name))}
+
+    def cards(self) -> list[dict]:
+        """The cards of the dataset's complete versions (lineage)."""
+        if self.remote:
+            return store_cards(self.dest.rsplit("/", 1)[0])
+        return complete_cards(self.build_dir.parent)
+
+
+def _output(cfg: BuildConfig, version: str) -> _Out:
+    if not is_url(cfg.out):
+        build_dir = Path(cfg.out) / cfg.dataset / version
+        return _Out(build_dir, str(build_dir))
+    _check_store(cfg.out)
+    return _Out(Path(staging_out(cfg.out)) / cfg.dataset / version,
+                f"{cfg.out.rstrip('/')}/{cfg.dataset}/{version}")
+
+
+def _check_store(out: str) -> None:
+    """A store `out` whose bucket (first path part) is missing or unreachable fails here,
+    before anything is written."""
+    fs, root = store_fs(out)
+    bucket = root.strip("/").split("/", 1)[0]
+    try:
+        found = fs.exists(bucket)
+    except OSError as e:
+        raise ConfigError(f"out: {out}: cannot reach the store: {type(e).__name__}: {e}") from e
+    if not found:
+        raise ConfigError(f"out: {out}: no bucket {bucket!r} on this store (or no access)")
 
 
 @dataclass(frozen=True)
@@ -239,18 +290,18 @@ class _Run:
     partial: dict | None
 
 
-def _run_shards(cfg: BuildConfig, todo: list[ShardPlan], build_dir: Path, run: _Run,
-                runner: Runner, bar: BuildProgress, store: ShardStore,
+def _run_shards(cfg: BuildConfig, todo: list[ShardPlan], out: _Out, run: _Run,
+                runner: Runner, bar: BuildProgress, store: ShardStore | StoreIndex,
                 keys: dict[str, str]) -> list[ShardResult]:
     results = []
-    for result in runner.map(run.shard_fn, todo, cfg=cfg, build_dir=str(build_dir)):
-        store.put(keys[result.shard.file], build_dir, result)
+    for result in runner.map(run.shard_fn, todo, cfg=cfg, build_dir=out.dest):
+        store.put(keys[result.shard.file], out.dest, result)
         bar.shard(result)
         results.append(result)
     return results
 
 
-def _from_store(work: _Work, done: dict[str, ShardResult], store: ShardStore,
+def _from_store(work: _Work, done: dict[str, ShardResult], store: ShardStore | StoreIndex,
                 run: _Run) -> dict[str, ShardResult]:
     """Shards not finished here whose recipe the store holds, intact (re-hashed)."""
     if not run.resume:
@@ -260,52 +311,81 @@ def _from_store(work: _Work, done: dict[str, ShardResult], store: ShardStore,
 
 
 def _link_stored(work: _Work, done: dict[str, ShardResult], stored: dict[str, ShardResult],
-                 store: ShardStore, build_dir: Path) -> list[ShardResult]:
+                 store: ShardStore | StoreIndex, out: _Out) -> list[ShardResult]:
     """Link the stored shards into this version; add the resumed ones (finished before a
     crash, perhaps before they reached the store) to the store."""
     for name, result in done.items():
         if not store.has(work.keys[name]):
-            store.put(work.keys[name], build_dir, result)
-    return [store.link(work.keys[n], r, build_dir, n) for n, r in stored.items()]
+            store.put(work.keys[name], out.dest, result)
+    return [store.link(work.keys[n], r, out.dest, n) for n, r in stored.items()]
 
 
-def _reuse(build_dir: Path, version: str, run: _Run) -> BuildResult:
-    card = read_card(build_dir)
-    if (build_dir / COMMITTING).exists():  # crashed after the card, before `latest`
-        _finish_commit(build_dir, version, partial=bool(card.get("partial")))
+def _finish_commit(out: _Out, version: str, *, partial: bool = False) -> None:
+    """The last steps of a commit, safe to repeat: on a store the tables and the card go up
+    (`remote.commit_on_store`); `latest` moves (never to a partial build); the sidecars go."""
+    if out.remote:
+        commit_on_store(out.dest, out.build_dir, latest=not partial)
+    elif not partial:
+        set_latest(out.build_dir.parent, version)
+    shutil.rmtree(out.build_dir / PROGRESS_DIR, ignore_errors=True)
+    (out.build_dir / COMMITTING).unlink(missing_ok=True)
+
+
+def _committed(out: _Out) -> dict | None:
+    """The version's card if it is committed (finishing a commit a crash cut short), else
+    None. On a store the store's card decides: a rerun on any machine that finds it with the
+    `.committing` mark finishes the commit; a staging card without a card on the store (the
+    version was deleted there since) is dropped and the version built again."""
+    card_path = out.build_dir / CARD
+    if card_path.exists() and (out.build_dir / COMMITTING).exists():
+        card = read_card(out.build_dir)
+        _finish_commit(out, card["version"], partial=bool(card.get("partial")))
+        return card
+    if not out.remote:
+        return read_card(out.build_dir) if card_path.exists() else None
+    card, unfinished = store_card(out.dest)
+    if card is None:
+        card_path.unlink(missing_ok=True)
+    elif unfinished:
+        commit_on_store(out.dest, None, latest=not card.get("partial"))
+    return card
+
+
+def _reuse(card: dict, out: _Out, version: str, run: _Run) -> BuildResult:
     BuildProgress.log_once(run.log_json, "end", dataset=card.get("dataset", ""),
                            version=version, status="reused", counts=card["counts"])
-    return BuildResult(build_dir=build_dir, version=version, reused=True,
-                       counts=card["counts"], limit=(run.partial or {}).get("limit"))
+    return BuildResult(build_dir=out.build_dir, version=version, reused=True,
+                       counts=card["counts"], limit=(run.partial or {}).get("limit"),
+                       url=out.dest if out.remote else None)
 
 
 def _build_locked(cfg: BuildConfig, work: _Work, fingerprints: tuple[str, str], version: str,
-                  build_dir: Path, t0: float, t_index: float, run: _Run) -> BuildResult:
-    if (build_dir / CARD).exists():
-        return _reuse(build_dir, version, run)
+                  out: _Out, t0: float, t_index: float, run: _Run) -> BuildResult:
+    if (card := _committed(out)) is not None:
+        return _reuse(card, out, version, run)
     plans, plan_rejects = work.plans, work.rejects
-    done = {p.name: r for p in plans if run.resume and (r := load_progress(build_dir, p.name))}
-    store = ShardStore(build_dir.parent / STORE)
+    done = out.finished(plans) if run.resume else {}
+    store = out.shard_store()
     stored = _from_store(work, done, store, run)
     todo = [p for p in plans if p.name not in done and p.name not in stored]
     runner = _pick_runner(run.runner, run.address, todo, num_cpus=run.num_cpus,
                           cpus_per_task=run.cpus_per_task)
     # the runner's session first: a wrong --address fails before anything is written
     with runner.session():
-        (build_dir / "shards").mkdir(parents=True, exist_ok=True)
-        _clean_partial(build_dir)
-        reused = _link_stored(work, done, stored, store, build_dir)
+        (out.build_dir / "shards").mkdir(parents=True, exist_ok=True)
+        _clean_partial(out.build_dir)
+        reused = _link_stored(work, done, stored, store, out)
         bar = BuildProgress(dataset=cfg.dataset, version=version, bar=run.progress,
                             total_samples=sum(len(p.items) for p in plans) + len(plan_rejects),
                             total_shards=len(plans), log_json=run.log_json)
         try:
             bar.start(list(done.values()) + reused, plan_rejects=len(plan_rejects),
-                      build_dir=str(build_dir), runner=runner.name,
+                      build_dir=out.dest, runner=runner.name,
                       partial=run.partial, reused_shards=len(reused))
             results = (list(done.values()) + reused
-                       + _run_shards(cfg, todo, build_dir, run, runner, bar, store, work.keys))
+                       + _run_shards(cfg, todo, out, run, runner, bar, store, work.keys))
             t_shards = time.perf_counter() - t0 - t_index
-            built = _commit(cfg, results, work, fingerprints, version, build_dir,
+            built = _commit(cfg, results, work, fingerprints, version, out,
                             timings={"index_s": round(t_index, 3),
                                      "shards_s": round(t_shards, 3)},
                             t0=t0, runner=runner.name, run=run,
@@ -323,31 +403,32 @@ def _build_locked(cfg: BuildConfig, work: _Work, fingerprints: tuple[str, str], 
 
 
 def _commit(cfg: BuildConfig, results: list[ShardResult], work: _Work,
-            fingerprints: tuple[str, str], version: str, build_dir: Path, *, timings: dict,
+            fingerprints: tuple[str, str], version: str, out: _Out, *, timings: dict,
             t0: float, runner: str, run: _Run, shards: dict[str, int]) -> BuildResult:
     """Tables, then the card, then `latest`: the build is complete only at the end."""
     plan_rejects = work.rejects
     _check_code(results)
     counts = count_summary(results, plan_rejects)
     _check_counts(counts)
-    manifests = write_tables(build_dir, results, plan_rejects)
+    manifests = write_tables(out.build_dir, results, plan_rejects)
     timings |= {"total_s": round(time.perf_counter() - t0, 3),
                 # the inputs this run computed: resumed and reused shards cost no transform
                 "samples_per_s": round(shards["built_inputs"] / max(timings["shards_s"], 1e-9),
                                        2),
                 "max_worker_rss_mb": round(max((r.max_rss_mb for r in results), default=0), 1)}
-    parent = derive_parent(build_dir.parent, cfg.to_dict(), version=version)
+    parent = derive_parent(out.cards(), cfg.to_dict(), version=version)
     card = _card(cfg, version, fingerprints, counts, timings, runner, shards, parent)
     # a smoke build (--limit) says so, with its limit; `latest` never points at it
     card |= {"partial": bool(run.partial), **(run.partial or {}),
              "shard_keys": work.keys}
-    (build_dir / COMMITTING).touch()
-    write_card(build_dir, {**card, "manifests": manifests})
-    _finish_commit(build_dir, version, partial=bool(run.partial))
-    return BuildResult(build_dir=build_dir, version=version, counts=counts,
+    (out.build_dir / COMMITTING).touch()
+    write_card(out.build_dir, {**card, "manifests": manifests})
+    _finish_commit(out, version, partial=bool(run.partial))
+    return BuildResult(build_dir=out.build_dir, version=version, counts=counts,
                        resumed_shards=shards["resumed"], reused_shards=shards["reused"],
                        built_shards=shards["built"], timings=timings, runner=runner,
-                       limit=(run.partial or {}).get("limit"))
+                       limit=(run.partial or {}).get("limit"),
+                       url=out.dest if out.remote else None)
 
 
 def _check_code(results: list[ShardResult]) -> None:

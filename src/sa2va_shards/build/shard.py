@@ -11,16 +11,15 @@ from __future__ import annotations
 import logging
 import resource
 import time
-from pathlib import Path
 
 import numpy as np
 
+from sa2va_shards.build.remote import finish_shard, shard_file
 from sa2va_shards.build.transform import DroppedObject, transform_sample
 from sa2va_shards.build.writer import ShardWriter
 from sa2va_shards.config import BuildConfig
 from sa2va_shards.errors import ErrorBoundary, Level, SampleError, Tolerance
 from sa2va_shards.format import content_hash, encode_sample
-from sa2va_shards.manifest import save_progress
 from sa2va_shards.readers import get_reader
 from sa2va_shards.records import ItemRef, RejectRecord, SampleRecord, ShardPlan, ShardResult
 
@@ -57,7 +56,8 @@ def _boundary(plan: ShardPlan, cfg: BuildConfig) -> ErrorBoundary:
 
 
 def process_shard(plan: ShardPlan, cfg: BuildConfig, *, build_dir: str) -> ShardResult:
-    """Build one shard of `plan.items` into `<build_dir>/shards/<plan.name>`.
+    """Build one shard of `plan.items` into `<build_dir>/shards/<plan.name>` (`build_dir`: the
+    version folder, a local path or a store URL, `build/remote.py`).
 
     Returns:
         The shard's record, one record per written sample, and one reject row per rejected
@@ -71,23 +71,24 @@ def process_shard(plan: ShardPlan, cfg: BuildConfig, *, build_dir: str) -> Shard
     reader = get_reader(cfg.reader, max_pixels=cfg.image.max_pixels)
     samples, rejects = [], []
     boundary = _boundary(plan, cfg)
-    with ShardWriter(Path(build_dir) / "shards" / plan.name) as writer:
-        for item in plan.items:
-            with boundary.item(item.source_id) as outcome:
-                sample, dropped = transform_sample(reader.load(item), cfg)
-                members = encode_sample(sample)
-                writer.write(sample.key, members)
-            if outcome.error is not None:
-                rejects.append(_reject(item, plan.name, outcome.error))
-                if boundary.unexpected_run:
-                    log.warning("unexpected error on %s in %s: %s", item.source_id, plan.name,
-                                outcome.error.detail)
-                continue
-            samples.append(_sample_record(plan.name, item, sample, members))
-            rejects.extend(_object_rejects(item, plan.name, dropped))
-    result = ShardResult(
-        shard=writer.record, samples=samples, rejects=rejects, read=len(plan.items),
-        seconds=time.perf_counter() - start,
-        max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
-    save_progress(Path(build_dir), result)
+    with shard_file(build_dir, plan.name) as path:
+        with ShardWriter(path) as writer:
+            for item in plan.items:
+                with boundary.item(item.source_id) as outcome:
+                    sample, dropped = transform_sample(reader.load(item), cfg)
+                    members = encode_sample(sample)
+                    writer.write(sample.key, members)
+                if outcome.error is not None:
+                    rejects.append(_reject(item, plan.name, outcome.error))
+                    if boundary.unexpected_run:
+                        log.warning("unexpected error on %s in %s: %s", item.source_id,
+                                    plan.name, outcome.error.detail)
+                    continue
+                samples.append(_sample_record(plan.name, item, sample, members))
+                rejects.extend(_object_rejects(item, plan.name, dropped))
+        result = ShardResult(
+            shard=writer.record, samples=samples, rejects=rejects, read=len(plan.items),
+            seconds=time.perf_counter() - start,
+            max_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)
+        finish_shard(build_dir, path, result)
     return result

@@ -30,7 +30,8 @@ from sa2va_shards.manifest import CARD, read_card, read_result, write_result
 from sa2va_shards.records import ShardResult
 from sa2va_shards.versions import read_latest
 
-__all__ = ["STORE", "GcReport", "ShardStore", "collect_garbage", "link_or_copy", "store_lock"]
+__all__ = ["STORE", "GcReport", "ShardStore", "collect_garbage", "link_or_copy", "renamed",
+           "store_lock"]
 
 #: the store's folder in `OUT/<dataset>/`.
 STORE = "store"
@@ -71,7 +72,7 @@ def link_or_copy(src: Path, dest: Path) -> bool:
             return False
 
 
-def _renamed(result: ShardResult, name: str) -> ShardResult:
+def renamed(result: ShardResult, name: str) -> ShardResult:
     """The result of a stored shard under the name it has in this version's plan (its index
     may differ from the version that built it; the tar's bytes do not name it)."""
     return dataclasses.replace(
@@ -99,16 +100,17 @@ class ShardStore:
     def has(self, key: str) -> bool:
         return self._meta(key).is_file() and self._tar(key).is_file()
 
-    def link(self, key: str, result: ShardResult, build_dir: Path, name: str) -> ShardResult:
-        """Put the stored shard into `build_dir` as `shards/<name>`; its result, renamed."""
-        link_or_copy(self._tar(key), build_dir / "shards" / name)
-        return _renamed(result, name)
+    def link(self, key: str, result: ShardResult, dest: str, name: str) -> ShardResult:
+        """Put the stored shard into the version folder `dest` as `shards/<name>`; its
+        result, renamed."""
+        link_or_copy(self._tar(key), Path(dest) / "shards" / name)
+        return renamed(result, name)
 
-    def put(self, key: str, build_dir: Path, result: ShardResult) -> None:
-        """Add a shard this build wrote (the tar first, then its result: a result names a
-        complete tar)."""
+    def put(self, key: str, dest: str, result: ShardResult) -> None:
+        """Add a shard this build wrote in the version folder `dest` (the tar first, then its
+        result: a result names a complete tar)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        link_or_copy(build_dir / "shards" / result.shard.file, self._tar(key))
+        link_or_copy(Path(dest) / "shards" / result.shard.file, self._tar(key))
         write_result(self._meta(key), result)
 
 

@@ -77,7 +77,7 @@ from sa2va_shards.loader.epoch import (
     to_ranges,
 )
 from sa2va_shards.loader.mixture import MixSource, Mixture, load_mixture
-from sa2va_shards.loader.remote import ensure_local, is_remote, mirror
+from sa2va_shards.loader.remote import ensure_local, mirror
 from sa2va_shards.loader.sa2va import collate_sa2va, encode_sample, model_inputs
 from sa2va_shards.loader.stream import (
     CorruptDataWarning,
@@ -88,6 +88,7 @@ from sa2va_shards.loader.stream import (
     shuffled,
 )
 from sa2va_shards.manifest import CARD
+from sa2va_shards.stores import cache_root, is_url
 
 __all__ = [
     "CorruptDataError",
@@ -162,7 +163,8 @@ class LoaderConfig:
     #: back): a worker streams this many at once, so a batch mixes more shards.
     interleave: int = 4
     #: local folder for builds on object storage (s3://, gs://, ...): their tables and a
-    #: bounded cache of their shards (`remote.py`); None: ~/.cache/sa2va_shards.
+    #: bounded cache of their shards (`remote.py`); None: `$SA2VA_SHARDS_CACHE/loader`
+    #: (default ~/.cache/sa2va-shards/loader).
     cache_dir: str | None = None
     #: bytes of shards the cache keeps (least recently used go first).
     cache_bytes: int = 50 * 2**30
@@ -388,8 +390,8 @@ class ShardDataset(IterableDataset):
     def _open_source(self, mix: MixSource) -> _Source:
         cfg = replace(self.cfg, **mix.loader) if mix.loader else self.cfg
         where = mix.build
-        if is_remote(where):  # a local mirror: tables now, shards when first read
-            cache = self.cfg.cache_dir or Path.home() / ".cache" / "sa2va_shards"
+        if is_url(where):  # a local mirror: tables now, shards when first read
+            cache = self.cfg.cache_dir or cache_root() / "loader"
             where = mirror(where, cache)
         urls, build = resolve_source(where)
         card, counts = read_build(build) if build else ({}, {})

@@ -19,31 +19,16 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 from sa2va_shards.atomic import atomic_path, atomic_write
 from sa2va_shards.errors import ConfigError
+from sa2va_shards.stores import protocol_of, store_fs
 
-__all__ = ["REMOTE_MARKER", "ensure_local", "is_remote", "mirror", "store_fs"]
+__all__ = ["REMOTE_MARKER", "ensure_local", "mirror"]
 
 #: in a mirrored build folder: {"url": <the version folder on the store>}.
 REMOTE_MARKER = ".remote"
 _TABLES = ("dataset.json", "shards.parquet", "samples.parquet", "rejects.parquet")
-
-
-def is_remote(source: Any) -> bool:
-    """A URL with a scheme other than file:// (local paths and file:// read directly)."""
-    return isinstance(source, str) and "://" in source and not source.startswith("file://")
-
-
-def store_fs(url: str) -> tuple[Any, str]:
-    import fsspec
-
-    try:
-        return fsspec.core.url_to_fs(url)
-    except (ValueError, ImportError) as e:  # unknown protocol, or its package not installed
-        raise ConfigError(f"{url}: cannot open this store ({type(e).__name__}: {e}); "
-                          "install its fsspec package (s3fs for s3://, gcsfs for gs://)") from e
 
 
 def mirror(url: str, cache_dir: str | Path) -> Path:
@@ -61,7 +46,7 @@ def mirror(url: str, cache_dir: str | Path) -> Path:
                 raise ConfigError(f"{url}: no dataset.json and no `latest`: not a build or "
                                   "a dataset folder")
             root = f"{root}/{fs.cat_file(f'{root}/latest').decode().strip()}"
-        protocol = fs.protocol if isinstance(fs.protocol, str) else fs.protocol[0]
+        protocol = protocol_of(fs)
         parts = root.split("/")
         local = Path(cache_dir) / parts[-2] / parts[-1]
         (local / "shards").mkdir(parents=True, exist_ok=True)

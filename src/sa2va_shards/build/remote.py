@@ -1,0 +1,202 @@
+"""Builds whose `out` is an object store (s3://, gs://, any fsspec store): the commit
+protocol of a local build (`run.py`), with the version on the store and, on the driver, a
+small staging folder.
+
+- A shard job writes its tar to a local temporary file, uploads it to
+  `<out>/<dataset>/<version>/shards/<name>` (a PUT makes an object whole or absent) and checks
+  its size there, then uploads its result to `<version>/.progress/<name>.json`: a result on
+  the store names a complete shard. Ray workers on other machines do this themselves, with
+  the credentials of their own environment.
+- The driver's staging folder (`stores.local_cache("builds", out)`) holds the locks, the
+  tables and the card while they are written. The commit (`commit_on_store`) marks the
+  version `.committing` on the store, uploads the tables, the card (the version is whole from
+  here on), moves `<dataset>/latest`, then drops the sidecars and the mark. Until its card is
+  on the store a version does not exist for the loader; a rerun from any machine that finds
+  the card and the mark finishes the commit.
+- Resume: the results under `.progress/` whose tar is on the store with its recorded size
+  (the version id pins the code that wrote it; the loader and `verify` check every sha256).
+- Reuse: `<out>/<dataset>/store/<key>.json` is a shard's result plus where its tar is; a
+  later build with the same recipe key (`provenance.shard_keys`) copies that tar on the store
+  (server-side: nothing computed, nothing through this machine). Versions on a store are
+  self-contained copies, as a store has no hard links; a tar deleted since is built again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sa2va_shards.build.store import renamed
+from sa2va_shards.manifest import CARD, PROGRESS_DIR, canonical, parse_result, save_progress
+from sa2va_shards.records import ShardResult
+from sa2va_shards.stores import is_url, local_cache, store_fs
+from sa2va_shards.versions import LATEST
+
+__all__ = ["COMMITTING", "StoreIndex", "commit_on_store", "finish_shard", "finished_shards",
+           "set_store_latest", "shard_file", "staging_out", "store_card", "store_cards",
+           "upload_version_files"]
+
+#: in a version folder (local or on a store) from just before its card is written until
+#: `latest` has moved: a rerun that finds it next to a card finishes the commit.
+COMMITTING = ".committing"
+_TABLES = ("shards.parquet", "samples.parquet", "rejects.parquet")
+
+
+def staging_out(out: str) -> str:
+    """This machine's staging folder for builds to the store folder `out`."""
+    return str(local_cache("builds", out))
+
+
+@contextlib.contextmanager
+def shard_file(dest: str, name: str) -> Iterator[Path]:
+    """Where a shard job writes shard `name` of the version at `dest`: in place for a local
+    version, a temporary file (removed after) for a version on a store."""
+    if not is_url(dest):
+        yield Path(dest) / "shards" / name
+        return
+    with tempfile.TemporaryDirectory(prefix="sa2va-shard-") as tmp:
+        yield Path(tmp) / name
+
+
+def finish_shard(dest: str, path: Path, result: ShardResult) -> None:
+    """Record a written shard for resume: its progress sidecar, after the tar is in place."""
+    if not is_url(dest):
+        save_progress(Path(dest), result)
+        return
+    fs, root = store_fs(dest)
+    tar = f"{root}/shards/{path.name}"
+    fs.put_file(str(path), tar)
+    if fs.size(tar) != result.shard.bytes:
+        raise OSError(f"{dest}/shards/{path.name}: {fs.size(tar)} bytes on the store after "
+                      f"the upload, {result.shard.bytes} written")
+    fs.pipe_file(f"{root}/{PROGRESS_DIR}/{path.name}.json",
+                 canonical(dataclasses.asdict(result)))
+
+
+def finished_shards(dest: str, names: set[str]) -> dict[str, ShardResult]:
+    """The shards of `names` a previous run finished on the store: a result under
+    `.progress/` whose tar is there with the recorded size."""
+    fs, root = store_fs(dest)
+    sizes = _sizes(fs, f"{root}/shards")
+    done = {}
+    for name, _ in sorted(_sizes(fs, f"{root}/{PROGRESS_DIR}").items()):
+        shard = name.removesuffix(".json")
+        if shard not in names:
+            continue
+        result = parse_result(fs.cat_file(f"{root}/{PROGRESS_DIR}/{name}"))
+        if result is not None and sizes.get(shard) == result.shard.bytes:
+            done[shard] = result
+    return done
+
+
+def _sizes(fs: Any, folder: str) -> dict[str, int]:
+    """File name -> size of the objects directly in `folder` (none: an empty dict)."""
+    try:
+        entries = fs.ls(folder, detail=True, refresh=True)
+    except FileNotFoundError:
+        return {}
+    return {e["name"].rsplit("/", 1)[-1]: e["size"] for e in entries if e["type"] == "file"}
+
+
+def upload_version_files(fs: Any, build_dir: Path, version: str) -> None:
+    """The tables, then the card (the version is whole from here on), from the local
+    `build_dir` to the version folder `version` (a path in `fs`), once every shard is there."""
+    for name in (*_TABLES, CARD):
+        fs.put_file(str(build_dir / name), f"{version}/{name}")
+
+
+def set_store_latest(fs: Any, version: str) -> None:
+    """Point `<dataset>/latest` on the store at the version folder `version` (one PUT)."""
+    dataset, name = version.rsplit("/", 1)
+    fs.pipe_file(f"{dataset}/{LATEST}", (name + "\n").encode())
+
+
+def commit_on_store(dest: str, build_dir: Path | None, *, latest: bool) -> None:
+    """Commit the version at `dest` (see the module docstring); safe to repeat. `build_dir`:
+    the staging folder whose tables and card go up; None when they are there already (a
+    rerun finishing a commit a crash cut short after the card)."""
+    fs, root = store_fs(dest)
+    if build_dir is not None:
+        fs.pipe_file(f"{root}/{COMMITTING}", b"")
+        upload_version_files(fs, build_dir, root)
+    if latest:
+        set_store_latest(fs, root)
+    with contextlib.suppress(FileNotFoundError):  # gone already, or every shard reused
+        fs.rm(f"{root}/{PROGRESS_DIR}", recursive=True)
+    with contextlib.suppress(FileNotFoundError):
+        fs.rm_file(f"{root}/{COMMITTING}")
+
+
+def store_card(dest: str) -> tuple[dict | None, bool]:
+    """The card of the version at `dest` on the store (None while it is not committed) and
+    whether its commit is unfinished (the `.committing` mark is there)."""
+    fs, root = store_fs(dest)
+    fs.invalidate_cache(root)
+    try:
+        card = json.loads(fs.cat_file(f"{root}/{CARD}"))
+    except FileNotFoundError:
+        return None, False
+    return card, fs.exists(f"{root}/{COMMITTING}")
+
+
+def store_cards(dataset_url: str) -> list[dict]:
+    """The cards of the complete versions of the dataset folder at `dataset_url`."""
+    fs, root = store_fs(dataset_url)
+    return [json.loads(fs.cat_file(p)) for p in sorted(fs.glob(f"{root}/*/{CARD}"))]
+
+
+@dataclass(frozen=True)
+class StoreIndex:
+    """`<out>/<dataset>/store/<key>.json` on a store: a shard's result and the URL of a tar
+    holding it (the `ShardStore` interface of a local build)."""
+
+    #: the dataset folder's URL.
+    root: str
+
+    def _meta(self, key: str) -> str:
+        return f"{self.root}/store/{key}.json"
+
+    def _entry(self, key: str) -> tuple[ShardResult, str] | None:
+        fs, path = store_fs(self._meta(key))
+        try:
+            raw = fs.cat_file(path)
+            at = json.loads(raw)["at"]
+        except (FileNotFoundError, ValueError, KeyError, TypeError):
+            return None
+        result = parse_result(raw)
+        return (result, at) if result is not None else None
+
+    def lookup(self, key: str) -> ShardResult | None:
+        """The recorded result of `key` if its tar is still there with its size, else None."""
+        entry = self._entry(key)
+        if entry is None:
+            return None
+        fs, path = store_fs(entry[1])
+        try:
+            return entry[0] if fs.size(path) == entry[0].shard.bytes else None
+        except FileNotFoundError:
+            return None
+
+    def has(self, key: str) -> bool:
+        return self.lookup(key) is not None
+
+    def link(self, key: str, result: ShardResult, dest: str, name: str) -> ShardResult:
+        """Copy the recorded tar into the version at `dest` as `shards/<name>`."""
+        entry = self._entry(key)
+        if entry is None:
+            raise FileNotFoundError(f"{self._meta(key)}: gone since it was looked up")
+        fs, src = store_fs(entry[1])
+        fs.copy(src, f"{store_fs(dest)[1]}/shards/{name}")
+        return renamed(result, name)
+
+    def put(self, key: str, dest: str, result: ShardResult) -> None:
+        """Record the shard this build wrote at `<dest>/shards/<file>` under `key`."""
+        fs, path = store_fs(self._meta(key))
+        at = f"{dest}/shards/{result.shard.file}"
+        fs.pipe_file(path, canonical({**dataclasses.asdict(result), "at": at}))
