@@ -14,6 +14,7 @@ import dataclasses
 import json
 import logging
 import sys
+import tempfile
 import textwrap
 from pathlib import Path
 from typing import NoReturn
@@ -23,6 +24,7 @@ from sa2va_shards.config import load_config
 from sa2va_shards.errors import BuildAborted, ConfigError
 from sa2va_shards.format import SCHEMA_VERSION
 from sa2va_shards.locate import OUT_ENV, resolve_build, resolve_dataset
+from sa2va_shards.stores import is_url
 
 __all__ = ["main"]
 
@@ -110,16 +112,23 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
+    from sa2va_shards.loader.remote import fetch_version
     from sa2va_shards.verify import verify_build
 
-    build = resolve_build(args.build, args.root, allow_incomplete=True)
-    report = verify_build(build, deep=not args.shallow, progress=True)
+    with contextlib.ExitStack() as stack:
+        if is_url(args.build):  # a version on a store: downloaded whole, checked, removed
+            tmp = stack.enter_context(tempfile.TemporaryDirectory(prefix="sa2va-verify-"))
+            build = fetch_version(args.build, tmp)
+        else:
+            build = resolve_build(args.build, args.root, allow_incomplete=True)
+        report = verify_build(build, deep=not args.shallow, progress=True)
     for p in report.problems:
         print(p)
     for n in report.notes:
         print(f"note: {n}")
     status = "OK" if report.ok else f"FAILED ({len(report.problems)} problems)"
-    print(f"{report.build_dir}: {report.shards} shards, {report.samples} samples: {status}")
+    where = args.build if is_url(args.build) else report.build_dir
+    print(f"{where}: {report.shards} shards, {report.samples} samples: {status}")
     return 0 if report.ok else EXIT_FAILED
 
 
@@ -138,10 +147,14 @@ def cmd_stats(args: argparse.Namespace) -> int:
 
 
 def cmd_versions(args: argparse.Namespace) -> int:
+    from sa2va_shards.build.remote import store_versions
     from sa2va_shards.versions import list_versions
 
-    dataset_dir = resolve_dataset(args.dataset, args.root)
-    rows = list_versions(dataset_dir)
+    if is_url(args.dataset):
+        dataset_dir, rows = args.dataset, store_versions(args.dataset)
+    else:
+        dataset_dir = resolve_dataset(args.dataset, args.root)
+        rows = list_versions(dataset_dir)
     if args.json:
         print(json.dumps(rows, indent=2))
         return 0
@@ -321,7 +334,8 @@ def _add_demo(sub) -> None:
 
 def _add_readers(sub) -> None:
     p = sub.add_parser("verify", help="re-hash shards and re-derive prompt masks and K")
-    p.add_argument("build", help=_BUILD_ARG)
+    p.add_argument("build", help=_BUILD_ARG + "; or a store URL (s3://...), downloaded whole "
+                   "to a temporary folder ($TMPDIR) first")
     p.add_argument("--shallow", action="store_true",
                    help="hashes and counts only (no decoding, no K re-derived)")
     _root_flag(p)
@@ -343,8 +357,8 @@ def _add_readers(sub) -> None:
 
 def _add_history(sub) -> None:
     p = sub.add_parser("versions", help="list the complete versions of a dataset")
-    p.add_argument("dataset", help="a dataset folder OUT/<dataset>, a build folder in it, or "
-                                   "DATASET under --root")
+    p.add_argument("dataset", help="a dataset folder OUT/<dataset>, a build folder in it, "
+                                   "DATASET under --root, or a dataset folder's store URL")
     p.add_argument("--json", action="store_true", help="machine-readable output")
     _root_flag(p)
     p.set_defaults(fn=cmd_versions)

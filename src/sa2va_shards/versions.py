@@ -16,7 +16,7 @@ from sa2va_shards.manifest import CARD, read_card, read_manifest
 from sa2va_shards.safe_io import open_regular
 
 __all__ = ["LATEST", "by_age", "complete_cards", "derive_parent", "diff_versions", "flatten",
-           "list_versions", "read_latest", "set_latest"]
+           "list_versions", "read_latest", "set_latest", "version_rows"]
 
 #: file in `<out>/<dataset>/` holding the newest complete version's id.
 LATEST = "latest"
@@ -95,9 +95,13 @@ def list_versions(dataset_dir: str | Path) -> list[dict[str, Any]]:
     dataset_dir = Path(dataset_dir)
     if not dataset_dir.is_dir():
         raise ConfigError(f"{dataset_dir}: not a folder of versions (OUT/<dataset>)")
-    cards = complete_cards(dataset_dir)
+    return version_rows(complete_cards(dataset_dir), read_latest(dataset_dir))
+
+
+def version_rows(cards: list[dict[str, Any]], latest: str | None) -> list[dict[str, Any]]:
+    """`list_versions`' rows from the cards of a dataset's versions and its `latest`."""
+    cards = by_age(cards)
     by_version = {c["version"]: c for c in cards}
-    latest = read_latest(dataset_dir)
     rows = []
     for c in cards:
         parent = by_version.get(c.get("parent"))

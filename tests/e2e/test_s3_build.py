@@ -6,6 +6,7 @@ moto's server on localhost, the client the real s3fs."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -80,6 +81,28 @@ def test_a_build_to_the_store_is_the_local_build_and_the_loader_reads_it(store, 
     assert _keys("s3://bucket/b1/ds", tmp_path) == _keys(local.build_dir, tmp_path)
     again = run_build(_to_store(raw, "s3://bucket/b1"), runner="serial", progress=False)
     assert again.reused and again.counts == local.counts
+
+
+def test_verify_and_versions_read_a_dataset_on_the_store(store, raw, local, capsys):
+    from sa2va_shards.cli import main
+
+    result = run_build(_to_store(raw, "s3://bucket/vv"), runner="serial", progress=False)
+    assert main(["verify", "s3://bucket/vv/ds"]) == 0
+    assert "OK" in capsys.readouterr().out
+    assert main(["versions", "s3://bucket/vv/ds", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert [(r["version"], r["latest"], r["samples"]) for r in rows] == \
+        [(result.version, True, local.counts["written"])]
+    shard = sorted(store.glob(f"bucket/vv/ds/{result.version}/shards/*.tar"))[0]
+    good = store.cat_file(shard)
+    bad = bytearray(good)
+    bad[len(bad) // 2] ^= 0x10
+    store.pipe_file(shard, bytes(bad))  # damaged on the store
+    try:
+        assert main(["verify", f"s3://bucket/vv/ds/{result.version}"]) != 0
+        assert "sha256" in capsys.readouterr().out
+    finally:
+        store.pipe_file(shard, good)
 
 
 class _Crash(Exception):

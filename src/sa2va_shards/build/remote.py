@@ -33,13 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from sa2va_shards.build.store import renamed
+from sa2va_shards.errors import ConfigError
 from sa2va_shards.manifest import CARD, PROGRESS_DIR, canonical, parse_result, save_progress
 from sa2va_shards.records import ShardResult
 from sa2va_shards.stores import is_url, local_cache, store_fs
-from sa2va_shards.versions import LATEST
+from sa2va_shards.versions import LATEST, version_rows
 
 __all__ = ["COMMITTING", "StoreIndex", "commit_on_store", "finish_shard", "finished_shards",
            "set_store_latest", "shard_file", "staging_out", "store_card", "store_cards",
+           "store_versions",
            "upload_version_files"]
 
 #: in a version folder (local or on a store) from just before its card is written until
@@ -149,6 +151,20 @@ def store_cards(dataset_url: str) -> list[dict]:
     """The cards of the complete versions of the dataset folder at `dataset_url`."""
     fs, root = store_fs(dataset_url)
     return [json.loads(fs.cat_file(p)) for p in sorted(fs.glob(f"{root}/*/{CARD}"))]
+
+
+def store_versions(dataset_url: str) -> list[dict]:
+    """`versions.list_versions` for a dataset folder on a store."""
+    fs, root = store_fs(dataset_url)
+    try:
+        latest = fs.cat_file(f"{root}/{LATEST}").decode().strip() or None
+    except FileNotFoundError:
+        latest = None
+    cards = store_cards(dataset_url)
+    if not cards:
+        raise ConfigError(f"{dataset_url}: no complete version here (a dataset folder "
+                          "<out>/<dataset> on the store)")
+    return version_rows(cards, latest)
 
 
 @dataclass(frozen=True)

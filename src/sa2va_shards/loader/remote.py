@@ -24,7 +24,7 @@ from sa2va_shards.atomic import atomic_path, atomic_write
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.stores import protocol_of, store_fs
 
-__all__ = ["REMOTE_MARKER", "ensure_local", "mirror"]
+__all__ = ["REMOTE_MARKER", "ensure_local", "fetch_version", "mirror"]
 
 #: in a mirrored build folder: {"url": <the version folder on the store>}.
 REMOTE_MARKER = ".remote"
@@ -85,3 +85,20 @@ def _evict(cache_root: Path, budget: int, keep: Path) -> None:
         if p != keep:
             total -= p.stat().st_size
             p.unlink(missing_ok=True)
+
+
+def fetch_version(url: str, cache_dir: str | Path) -> Path:
+    """The build at `url` (a version folder, or a dataset folder's `latest`) copied whole
+    into `cache_dir`: its mirror with every shard the tables list (for `verify`, which reads
+    every byte anyway)."""
+    import pyarrow.parquet as pq
+
+    local = mirror(url, cache_dir)
+    try:
+        files = pq.read_table(local / "shards.parquet", columns=["file"])["file"].to_pylist()
+    except (OSError, KeyError) as e:
+        raise ConfigError(f"{url}: no readable shards.parquet: {e}") from e
+    for name in files:
+        ensure_local(local / "shards" / name, budget=2**62)
+    return local
+
