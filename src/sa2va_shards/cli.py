@@ -173,11 +173,14 @@ def _mib(n: int) -> str:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
+    from sa2va_shards.build.remote import collect_store_garbage
     from sa2va_shards.build.store import collect_garbage
 
-    dataset_dir = resolve_dataset(args.dataset, args.root)
-    r = collect_garbage(dataset_dir, keep_last=args.keep_last, keep=args.keep,
-                        dry_run=args.dry_run)
+    if is_url(args.dataset):
+        dataset_dir, collect = args.dataset, collect_store_garbage
+    else:
+        dataset_dir, collect = resolve_dataset(args.dataset, args.root), collect_garbage
+    r = collect(dataset_dir, keep_last=args.keep_last, keep=args.keep, dry_run=args.dry_run)
     verb = "would remove" if r.dry_run else "removed"
     print(f"{dataset_dir}: kept {len(r.kept)} versions ({', '.join(r.kept) or 'none'}); {verb} "
           f"{len(r.removed_versions)} versions and {r.removed_objects} store objects, "
@@ -370,8 +373,8 @@ def _add_history(sub) -> None:
     _root_flag(p)
     p.set_defaults(fn=cmd_diff)
     p = sub.add_parser("gc", help="remove old versions and the store objects only they use")
-    p.add_argument("dataset", help="a dataset folder OUT/<dataset>, a build folder in it, or "
-                                   "DATASET under --root")
+    p.add_argument("dataset", help="a dataset folder OUT/<dataset>, a build folder in it, "
+                                   "DATASET under --root, or a dataset folder's store URL")
     p.add_argument("--keep-last", type=int, required=True, metavar="N",
                    help="keep the N newest complete versions (`latest` is always kept)")
     p.add_argument("--keep", action="append", default=[], metavar="VERSION",

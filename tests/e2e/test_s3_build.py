@@ -223,3 +223,37 @@ def test_ray_workers_upload_their_own_shards(store, raw, local, tmp_path):
     assert f"s3://bucket/ray/ds/{local.version}" in proc.stdout + proc.stderr
     assert _store_shards(store, f"bucket/ray/ds/{local.version}") == \
         _local_shards(local.build_dir)
+
+
+def test_gc_on_the_store_keeps_what_kept_versions_use_and_repoints_the_index(store, raw,
+                                                                             local):
+    from sa2va_shards.build.remote import collect_store_garbage
+
+    url, where = "s3://bucket/gc", "bucket/gc/ds"
+    first = run_build(_to_store(raw, url), runner="serial", progress=False, limit=8)
+    full = run_build(_to_store(raw, url), runner="serial", progress=False)
+    assert full.reused_shards >= 1  # index entries of those name the smoke build's tars
+    running = f"{where}/v{'0' * 12}/shards/x.tar"  # a build in progress: no card yet
+    store.pipe_file(running, b"x")
+    dry = collect_store_garbage(f"{url}/ds", keep_last=1, dry_run=True)
+    store.invalidate_cache()
+    assert dry.removed_versions == [first.version] and store.exists(f"{where}/{first.version}")
+    report = collect_store_garbage(f"{url}/ds", keep_last=1)
+    store.invalidate_cache()
+    assert report.removed_versions == [first.version] and report.kept == [full.version]
+    assert report.freed_bytes == dry.freed_bytes > 0
+    assert not store.exists(f"{where}/{first.version}") and store.exists(running)
+    assert any("no card" in n for n in report.notes)
+    entries = [json.loads(store.cat_file(p)) for p in store.glob(f"{where}/store/*.json")]
+    assert len(entries) == len(_local_shards(local.build_dir))
+    assert all(e["at"].startswith(f"{url}/ds/{full.version}/") and
+               store.exists(e["at"].removeprefix("s3://")) for e in entries)
+    # the next version still copies instead of computing
+    store.rm(f"{where}/{full.version}/dataset.json")
+    store.rm(f"{where}/{full.version}/shards/{sorted(_local_shards(local.build_dir))[0]}")
+    store.invalidate_cache()
+    calls: list[str] = []
+    again = run_build(_to_store(raw, url), runner="serial", progress=False, resume=True,
+                      shard_fn=_crash_after(99, calls))
+    assert again.built_shards == len(calls) == 1
+    assert _store_shards(store, f"{where}/{again.version}") == _local_shards(local.build_dir)

@@ -27,22 +27,21 @@ import contextlib
 import dataclasses
 import json
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sa2va_shards.build.store import renamed
+from sa2va_shards.build.store import VERSION_NAME, GcReport, kept_versions, renamed
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.manifest import CARD, PROGRESS_DIR, canonical, parse_result, save_progress
 from sa2va_shards.records import ShardResult
 from sa2va_shards.stores import is_url, local_cache, store_fs
 from sa2va_shards.versions import LATEST, version_rows
 
-__all__ = ["COMMITTING", "StoreIndex", "commit_on_store", "finish_shard", "finished_shards",
-           "set_store_latest", "shard_file", "staging_out", "store_card", "store_cards",
-           "store_versions",
-           "upload_version_files"]
+__all__ = ["COMMITTING", "StoreIndex", "collect_store_garbage", "commit_on_store",
+           "finish_shard", "finished_shards", "set_store_latest", "shard_file", "staging_out",
+           "store_card", "store_cards", "store_versions", "upload_version_files"]
 
 #: in a version folder (local or on a store) from just before its card is written until
 #: `latest` has moved: a rerun that finds it next to a card finishes the commit.
@@ -156,10 +155,7 @@ def store_cards(dataset_url: str) -> list[dict]:
 def store_versions(dataset_url: str) -> list[dict]:
     """`versions.list_versions` for a dataset folder on a store."""
     fs, root = store_fs(dataset_url)
-    try:
-        latest = fs.cat_file(f"{root}/{LATEST}").decode().strip() or None
-    except FileNotFoundError:
-        latest = None
+    latest = _store_latest(fs, root)
     cards = store_cards(dataset_url)
     if not cards:
         raise ConfigError(f"{dataset_url}: no complete version here (a dataset folder "
@@ -208,7 +204,9 @@ class StoreIndex:
         if entry is None:
             raise FileNotFoundError(f"{self._meta(key)}: gone since it was looked up")
         fs, src = store_fs(entry[1])
-        fs.copy(src, f"{store_fs(dest)[1]}/shards/{name}")
+        target = f"{store_fs(dest)[1]}/shards/{name}"
+        if src != target:  # the same object when this version is being built again
+            fs.copy(src, target)
         return renamed(result, name)
 
     def put(self, key: str, dest: str, result: ShardResult) -> None:
@@ -216,3 +214,60 @@ class StoreIndex:
         fs, path = store_fs(self._meta(key))
         at = f"{dest}/shards/{result.shard.file}"
         fs.pipe_file(path, canonical({**dataclasses.asdict(result), "at": at}))
+
+
+def collect_store_garbage(dataset_url: str, *, keep_last: int, keep: Sequence[str] = (),
+                          dry_run: bool = False) -> GcReport:
+    """`gc` for a dataset folder on a store: what `store.collect_garbage` keeps, it keeps
+    (the `keep_last` newest complete versions, `keep`, `latest`); it removes the other
+    complete versions and the shard index entries no kept version uses, and points an entry
+    whose tar went with a removed version at a kept version's copy. A store has no lock, so a
+    version folder without a card (a build running now, or a crashed one) is left alone; a
+    build running meanwhile whose copy source is removed fails and, rerun, builds the shard.
+    """
+    fs, root = store_fs(dataset_url)
+    fs.invalidate_cache(root)
+    names = [n for n in (p.rstrip("/").rsplit("/", 1)[1] for p in fs.ls(root, detail=False))
+             if VERSION_NAME.fullmatch(n)]
+    cards = {c["version"]: c for c in store_cards(dataset_url)}
+    latest = _store_latest(fs, root)
+    kept = kept_versions(list(cards.values()), names, keep_last=keep_last, keep=keep,
+                         latest=latest)
+    gone = sorted(v for v in cards if v not in kept)
+    copies = {key: f"{dataset_url}/{v}/shards/{name}" for v in sorted(kept) if v in cards
+              for name, key in cards[v].get("shard_keys", {}).items()}
+    index = _sizes(fs, f"{root}/store")
+    stale = sorted(n for n in index if n.removesuffix(".json") not in copies)
+    freed = sum(fs.du(f"{root}/{v}") for v in gone) + sum(index[n] for n in stale)
+    if not dry_run:
+        for v in gone:
+            fs.rm(f"{root}/{v}", recursive=True)
+        for n in stale:
+            fs.rm_file(f"{root}/store/{n}")
+        _repoint(fs, root, dataset_url, set(gone), copies)
+    notes = [f"{latest}: latest, always kept"] if latest else []
+    notes += [f"{n}: no card (a build running now, or a crashed one): left alone"
+              for n in sorted(set(names) - set(cards))]
+    return GcReport(kept=sorted(kept & set(names)), removed_versions=gone,
+                    removed_objects=len(stale), freed_bytes=freed, dry_run=dry_run,
+                    notes=notes)
+
+
+def _store_latest(fs: Any, root: str) -> str | None:
+    try:
+        return fs.cat_file(f"{root}/{LATEST}").decode().strip() or None
+    except FileNotFoundError:
+        return None
+
+
+def _repoint(fs: Any, root: str, dataset_url: str, gone: set[str],
+             copies: dict[str, str]) -> None:
+    """Index entries whose tar was in a removed version now name a kept version's copy."""
+    for name in _sizes(fs, f"{root}/store"):
+        raw = fs.cat_file(f"{root}/store/{name}")
+        entry = json.loads(raw)
+        version = entry["at"].removeprefix(f"{dataset_url}/").split("/", 1)[0]
+        key = name.removesuffix(".json")
+        if version in gone and key in copies:
+            fs.pipe_file(f"{root}/store/{name}", canonical({**entry, "at": copies[key]}))
+

@@ -30,15 +30,15 @@ from sa2va_shards.manifest import CARD, read_card, read_result, write_result
 from sa2va_shards.records import ShardResult
 from sa2va_shards.versions import read_latest
 
-__all__ = ["STORE", "GcReport", "ShardStore", "collect_garbage", "link_or_copy", "renamed",
-           "store_lock"]
+__all__ = ["STORE", "VERSION_NAME", "GcReport", "ShardStore", "collect_garbage", "kept_versions",
+           "link_or_copy", "renamed", "store_lock"]
 
 #: the store's folder in `OUT/<dataset>/`.
 STORE = "store"
 _LOCK = ".store.lock"
 #: a version folder's name (`manifest.version_id`, `-firstN` for a --limit build): gc never
 #: touches a folder not named like one.
-_VERSION = re.compile(r"v[0-9a-f]{12}(-first[0-9]+)?")
+VERSION_NAME = re.compile(r"v[0-9a-f]{12}(-first[0-9]+)?")
 
 
 @contextlib.contextmanager
@@ -129,7 +129,7 @@ class GcReport:
 
 def _version_dirs(dataset_dir: Path) -> list[Path]:
     return sorted(d for d in dataset_dir.iterdir()
-                  if _VERSION.fullmatch(d.name) and d.is_dir() and not d.is_symlink())
+                  if VERSION_NAME.fullmatch(d.name) and d.is_dir() and not d.is_symlink())
 
 
 def _pick(name: str, names: list[str]) -> str:
@@ -144,13 +144,21 @@ def _pick(name: str, names: list[str]) -> str:
 
 
 def _kept(dataset_dir: Path, dirs: list[Path], keep_last: int, keep: Sequence[str]) -> set[str]:
+    cards = [read_card(d) for d in dirs if (d / CARD).is_file()]
+    return kept_versions(cards, [d.name for d in dirs], keep_last=keep_last, keep=keep,
+                         latest=read_latest(dataset_dir))
+
+
+def kept_versions(cards: list[dict], names: list[str], *, keep_last: int, keep: Sequence[str],
+                  latest: str | None) -> set[str]:
+    """What `gc` keeps of the version folders `names` (complete ones: `cards`): the
+    `keep_last` newest complete versions, those `keep` names (a version or a unique prefix),
+    and `latest`."""
     if keep_last < 0:
         raise ConfigError(f"--keep-last: {keep_last} must be >= 0")
-    cards = {d.name: read_card(d) for d in dirs if (d / CARD).is_file()}
-    newest = sorted(cards, key=lambda v: (cards[v]["created"], v))
+    newest = [c["version"] for c in sorted(cards, key=lambda c: (c["created"], c["version"]))]
     kept = set(newest[len(newest) - keep_last:] if keep_last else [])
-    kept |= {_pick(k, [d.name for d in dirs]) for k in keep}
-    latest = read_latest(dataset_dir)
+    kept |= {_pick(k, names) for k in keep}
     return kept | ({latest} if latest else set())
 
 
