@@ -201,23 +201,32 @@ def cmd_publish(args: argparse.Namespace) -> int:
     return 0
 
 
-def _diff_pair(args: argparse.Namespace) -> tuple[Path, Path]:
-    """Two builds; with one, that build's parent (the version it derives from) against it."""
+def _diff_pair(args: argparse.Namespace, tmp: str) -> tuple[Path, Path]:
+    """Two builds; with one, that build's parent (the version it derives from) against it. A
+    store URL is mirrored (card and tables: all a diff reads) into `tmp`."""
+    from sa2va_shards.loader.remote import REMOTE_MARKER, mirror
     from sa2va_shards.manifest import read_card
 
-    new = resolve_build(args.new if args.new else args.old, args.root)
+    def build(arg: str) -> Path:
+        return mirror(arg, tmp) if is_url(arg) else resolve_build(arg, args.root)
+
+    new = build(args.new if args.new else args.old)
     if args.new:
-        return resolve_build(args.old, args.root), new
+        return build(args.old), new
     parent = read_card(new).get("parent")
     if not parent:
         raise ConfigError(f"{new}: has no parent version to diff against; give two versions")
+    if is_url(args.old):
+        url = json.loads((new / REMOTE_MARKER).read_text())["url"]
+        return build(f"{url.rsplit('/', 1)[0]}/{parent}"), new
     return resolve_build(new.parent / parent), new
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
     from sa2va_shards.versions import diff_versions
 
-    d = diff_versions(*_diff_pair(args))
+    with tempfile.TemporaryDirectory(prefix="sa2va-diff-") as tmp:
+        d = diff_versions(*_diff_pair(args, tmp))
     if args.json:
         print(json.dumps(d, indent=2))
         return 0

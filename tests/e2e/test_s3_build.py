@@ -5,6 +5,7 @@ moto's server on localhost, the client the real s3fs."""
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -178,7 +179,9 @@ def test_a_crash_between_card_and_latest_is_finished_by_the_rerun(store, raw, lo
     assert not store.exists(f"{dataset}/{local.version}/.progress")
 
 
-def test_an_incremental_build_on_the_store_copies_unchanged_shards(store, raw, local):
+def test_an_incremental_build_on_the_store_copies_unchanged_shards(store, raw, local, capsys):
+    from sa2va_shards.cli import main
+
     """A smoke build of the first inputs, then the full build: shards whose recipe is
     unchanged are copied on the store, not computed, and the bytes equal a local build."""
     url = "s3://bucket/inc"
@@ -191,6 +194,18 @@ def test_an_incremental_build_on_the_store_copies_unchanged_shards(store, raw, l
     assert full.reused_shards + full.built_shards == len(_local_shards(local.build_dir))
     assert _store_shards(store, f"bucket/inc/ds/{full.version}") == \
         _local_shards(local.build_dir)
+    assert main(["diff", f"{url}/ds/{first.version}", f"{url}/ds", "--json"]) == 0
+    d = json.loads(capsys.readouterr().out)
+    assert (d["from"], d["to"], d["samples"]["removed"]) == (first.version, full.version, [])
+    assert len(d["samples"]["added"]) == full.counts["written"] - first.counts["written"] > 0
+    cfg = _to_store(raw, url)
+    q90 = run_build(dataclasses.replace(cfg, image=dataclasses.replace(cfg.image,
+                                                                       jpeg_quality=90)),
+                    runner="serial", progress=False)
+    assert main(["diff", f"{url}/ds", "--json"]) == 0  # `latest` against its parent
+    d = json.loads(capsys.readouterr().out)
+    assert (d["from"], d["to"]) == (full.version, q90.version)
+    assert d["config_changes"] == {"image.jpeg_quality": [95, 90]}
     # a stored shard deleted since is built again, not copied from nowhere
     store.rm(f"bucket/inc/ds/{first.version}", recursive=True)
     store.rm(f"bucket/inc/ds/{full.version}", recursive=True)
