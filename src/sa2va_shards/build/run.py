@@ -20,9 +20,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sa2va_shards import __version__
+from sa2va_shards.build.inputs import reader_and_inputs
 from sa2va_shards.build.plan import plan_shards
 from sa2va_shards.build.progress import BuildProgress
-from sa2va_shards.build.provenance import code_fingerprint, code_id, input_files, shard_keys
+from sa2va_shards.build.provenance import code_fingerprint, code_id, shard_keys
 from sa2va_shards.build.runners import Runner, make_runner, ray_available
 from sa2va_shards.build.shard import process_shard
 from sa2va_shards.build.store import STORE, ShardStore, store_lock
@@ -40,7 +41,6 @@ from sa2va_shards.manifest import (
     write_card,
     write_tables,
 )
-from sa2va_shards.readers import get_reader
 from sa2va_shards.records import RejectRecord, ShardPlan, ShardResult
 from sa2va_shards.versions import derive_parent, set_latest
 
@@ -181,14 +181,12 @@ def run_build(cfg: BuildConfig, *, runner: str | Runner = "ray",
     """
     t0 = time.perf_counter()
     cfg = dataclasses.replace(cfg, out=build_location(cfg.out, "out"))  # `--out` skips the parse
-    for key, value in (("out", cfg.out), ("reader.root", cfg.reader.root)):
-        if is_url(value):  # TODO(issue 13): in progress
-            raise ConfigError(f"{key}: {value}: builds on object storage are not wired yet")
+    if is_url(cfg.out):  # TODO(issue 13): in progress
+        raise ConfigError(f"out: {cfg.out}: builds on object storage are not wired yet")
     _check_out(cfg.out)
-    reader = get_reader(cfg.reader)
+    reader, files = reader_and_inputs(cfg.reader)  # a root on a store: read through a view
     items, partial = _apply_limit(reader.list_items(), limit)
     fingerprint = input_fingerprint(items)
-    files = input_files(cfg.reader.root, cfg.reader.fingerprint)
     version = (version_id(cfg, fingerprint, code=code_id(), files=files.fingerprint)
                + (f"-first{partial['limit']}" if partial else ""))
     build_dir = Path(cfg.out) / cfg.dataset / version
