@@ -117,7 +117,8 @@ class ReaderConfig:
     options: dict[str, Any] = field(default_factory=dict)
     #: how the input files enter the version id: `stat` (path, size, modification time of
     #: every file under root: cheap; a copy without times is a new id) or `content` (their
-    #: bytes: reads the dataset once more, and the id survives copies).
+    #: bytes: reads the dataset once more, and the id survives copies). A root on an object
+    #: store uses the objects' sizes and ETags for both (`build/inputs.py`): nothing is read.
     fingerprint: Literal["stat", "content"] = "stat"
 
 

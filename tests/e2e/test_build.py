@@ -160,7 +160,8 @@ def test_rebuilding_an_existing_version_is_a_no_op(serial_build):
 
 def test_config_change_gives_a_new_version(serial_build):
     cfg, first = serial_build
-    from sa2va_shards.build.run import get_reader, input_fingerprint, version_id
+    from sa2va_shards.build.run import input_fingerprint, version_id
+    from sa2va_shards.readers import get_reader
 
     fp = input_fingerprint(get_reader(cfg.reader).list_items())
     card = json.loads((first.build_dir / "dataset.json").read_text())

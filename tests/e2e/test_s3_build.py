@@ -272,3 +272,16 @@ def test_gc_on_the_store_keeps_what_kept_versions_use_and_repoints_the_index(sto
                       shard_fn=_crash_after(99, calls))
     assert again.built_shards == len(calls) == 1
     assert _store_shards(store, f"{where}/{again.version}") == _local_shards(local.build_dir)
+
+
+def test_store_to_store(store, raw, local, tmp_path):
+    """Raw data and output both on the store: the same shard bytes as the local build."""
+    store.put(str(raw), "bucket/raw/coco", recursive=True)
+    store.invalidate_cache()
+    cfg = make_config("s3://bucket/raw/coco", "s3://bucket/both", dataset="ds",
+                      shards={"samples_per_shard": 3})
+    result = run_build(cfg, runner="serial", progress=False)
+    assert result.counts == local.counts
+    assert _store_shards(store, f"bucket/both/ds/{result.version}") == \
+        _local_shards(local.build_dir)
+    assert _keys("s3://bucket/both/ds", tmp_path) == _keys(local.build_dir, tmp_path)

@@ -14,7 +14,8 @@ the input files as they are on disk. Both go into the version id.
   and modification time (no file is read: cheap on a million images). Changing, adding or
   touching any file under the root gives a new version id; a copy of the same data that does
   not keep modification times (`cp` without `-p`, a new download) gives a new id too, with
-  byte-identical shards (`diff` then shows no sample change).
+  byte-identical shards (`diff` then shows no sample change). A root on an object store is
+  listed instead: each object by its size and ETag (`build/inputs.py`).
 """
 
 from __future__ import annotations
@@ -34,14 +35,15 @@ from sa2va_shards.config import BuildConfig
 from sa2va_shards.format import SCHEMA_VERSION
 from sa2va_shards.manifest import canonical
 from sa2va_shards.records import ShardPlan
+from sa2va_shards.stores import is_url
 
 __all__ = ["BYTE_MODULES", "InputFiles", "code_fingerprint", "code_id", "files_fingerprint",
            "input_files", "shard_keys"]
 
 #: modules (relative to the package) whose source decides the bytes of a shard.
 BYTE_MODULES = ("ops", "readers", "build/transform.py", "build/writer.py", "build/shard.py",
-                "build/plan.py", "format.py", "records.py", "config.py", "errors.py",
-                "safe_io.py")
+                "build/inputs.py", "build/plan.py", "format.py", "records.py", "config.py",
+                "errors.py", "safe_io.py")
 _LIBRARIES = ("pillow", "numpy", "torch", "pycocotools", "av", "simplejpeg")
 
 
@@ -86,9 +88,10 @@ def code_id() -> str:
 
 @dataclass(frozen=True)
 class InputFiles:
-    """Every file under a reader's root with its identity (size and mtime, or content hash):
-    the whole set's fingerprint for the version id, and one file's identity for a shard's
-    recipe (`build/store.py`), from one walk."""
+    """Every file under a reader's root with its identity (size and mtime, or content hash;
+    for a root on a store, size and ETag: `build/inputs.py`): the whole set's fingerprint for
+    the version id, and one file's identity for a shard's recipe (`build/store.py`), from one
+    walk or listing."""
 
     root: str
     mode: str
@@ -105,7 +108,11 @@ class InputFiles:
         directly."""
         rel = posixpath.normpath(path)
         known = self.table.get(rel)
-        return known if known is not None else _describe(Path(self.root) / rel, self.mode)
+        if known is not None:
+            return known
+        if is_url(self.root) and not posixpath.isabs(rel):  # the listing saw every object
+            return "missing"
+        return _describe(Path(self.root) / rel, self.mode)
 
 
 def input_files(root: str | Path, mode: str = "stat") -> InputFiles:

@@ -20,9 +20,10 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from sa2va_shards import __version__
+from sa2va_shards.build.inputs import reader_and_inputs
 from sa2va_shards.build.plan import plan_shards
 from sa2va_shards.build.progress import BuildProgress
-from sa2va_shards.build.provenance import code_fingerprint, code_id, input_files, shard_keys
+from sa2va_shards.build.provenance import code_fingerprint, code_id, shard_keys
 from sa2va_shards.build.remote import (
     COMMITTING,
     StoreIndex,
@@ -49,7 +50,6 @@ from sa2va_shards.manifest import (
     write_card,
     write_tables,
 )
-from sa2va_shards.readers import get_reader
 from sa2va_shards.records import RejectRecord, ShardPlan, ShardResult
 from sa2va_shards.stores import is_url, store_fs
 from sa2va_shards.versions import complete_cards, derive_parent, set_latest
@@ -180,13 +180,10 @@ def run_build(cfg: BuildConfig, *, runner: str | Runner = "ray",
     """
     t0 = time.perf_counter()
     cfg = dataclasses.replace(cfg, out=build_location(cfg.out, "out"))  # `--out` skips the parse
-    if is_url(cfg.reader.root):  # TODO(issue 13): in progress
-        raise ConfigError(f"reader.root: {cfg.reader.root}: not wired yet")
-    _check_out(cfg.out)
-    reader = get_reader(cfg.reader)
+    _check_store(cfg.out) if is_url(cfg.out) else _check_out(cfg.out)
+    reader, files = reader_and_inputs(cfg.reader)  # a root on a store: read through a view
     items, partial = _apply_limit(reader.list_items(), limit)
     fingerprint = input_fingerprint(items)
-    files = input_files(cfg.reader.root, cfg.reader.fingerprint)
     version = (version_id(cfg, fingerprint, code=code_id(), files=files.fingerprint)
                + (f"-first{partial['limit']}" if partial else ""))
     out = _output(cfg, version)
@@ -246,7 +243,6 @@ def _output(cfg: BuildConfig, version: str) -> _Out:
     if not is_url(cfg.out):
         build_dir = Path(cfg.out) / cfg.dataset / version
         return _Out(build_dir, str(build_dir))
-    _check_store(cfg.out)
     return _Out(Path(staging_out(cfg.out)) / cfg.dataset / version,
                 f"{cfg.out.rstrip('/')}/{cfg.dataset}/{version}")
 

@@ -14,6 +14,7 @@ import time
 
 import numpy as np
 
+from sa2va_shards.build.inputs import staged_root
 from sa2va_shards.build.remote import finish_shard, shard_file
 from sa2va_shards.build.transform import DroppedObject, transform_sample
 from sa2va_shards.build.writer import ShardWriter
@@ -67,6 +68,12 @@ def process_shard(plan: ShardPlan, cfg: BuildConfig, *, build_dir: str) -> Shard
         BuildAborted: after `shards.max_consecutive_failures` rejected samples or
             `shards.max_consecutive_unexpected` non-data errors in a row.
     """
+    # a root on a store: this job's files, staged in a folder of its own while it runs
+    with staged_root(cfg, plan.items) as local:
+        return _write_shard(plan, local, build_dir=build_dir)
+
+
+def _write_shard(plan: ShardPlan, cfg: BuildConfig, *, build_dir: str) -> ShardResult:
     start = time.perf_counter()
     reader = get_reader(cfg.reader, max_pixels=cfg.image.max_pixels)
     samples, rejects = [], []

@@ -9,6 +9,10 @@ options are its fields (checked against `reader.options` by `config.reader_optio
 - optional `item_files(ref) -> list[str]`: every file `load(ref)` may read, relative to root;
   an incremental build reuses a shard only while those files are unchanged. Without it a
   shard's recipe holds the whole root's fingerprint (no reuse across any input file change).
+- `index_files() -> list[str]`: every file `list_items` opens, relative to root; a root on an
+  object store downloads only these to the driver (`build/inputs.py`), so a reader without it
+  cannot read a store. `item_folders(ref)`: folders whose listing `item_files` reads (SA-V's
+  frame folders), listed by a shard job on a store before it stages the files.
 
 Small datasets in these formats, with injected faults, are written by `sa2va_shards.synth`.
 """

@@ -18,12 +18,24 @@ __all__ = ["BaseReader"]
 @dataclass(frozen=True, kw_only=True)
 class BaseReader:
     """A reader's shape; subclasses add their options as fields (checked against
-    `reader.options` by `config.reader_options`) and `list_items` / `load`."""
+    `reader.options` by `config.reader_options`) and `list_items` / `load` / `item_files` /
+    `index_files`."""
 
     #: the format name (`reader.format`).
     name: ClassVar[str] = ""
     #: the dataset folder (`reader.root`).
     root: str
+
+    def index_files(self) -> list[str]:
+        """The files `list_items` opens, relative to root: a root on an object store downloads
+        these (and only these) to the driver's view, where every other file is a placeholder
+        of its size (`build/inputs.py`). A reader that does not say cannot read a store."""
+        raise NotImplementedError(f"{self.name} declares no index_files")
+
+    def item_folders(self, ref: Any) -> list[str]:
+        """Folders (relative to root) whose listing `item_files(ref)` reads: a shard job on a
+        store lists them before it stages the item's files. Most readers list none."""
+        return []
 
     def path(self, rel: str | Path) -> Path:
         """`<root>/<rel>` for a path the config names (trusted: it may be absolute, or a

@@ -40,6 +40,10 @@ class ChatUniviReader(BaseReader):
     def list_items(self) -> list[ItemRef]:
         return chat_items(self.root, self.file)
 
+    def index_files(self) -> list[str]:
+        """The conversation file `list_items` reads."""
+        return [self.file]
+
     def _video_path(self, name: str) -> tuple[str, Path]:
         for candidate in (name, name.replace("mkv", "mp4")):
             path = data_path(Path(self.root) / self.videos, candidate, name="video")

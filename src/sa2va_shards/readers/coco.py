@@ -190,6 +190,10 @@ class CocoReader(BaseReader):
             items.append(ItemRef(source_id=sid, data={"image": img, "objects": objects}))
         return sorted(items, key=lambda r: r.source_id)
 
+    def index_files(self) -> list[str]:
+        """The instances file `list_items` reads."""
+        return [self.annotations]
+
     def item_files(self, ref: ItemRef) -> list[str]:
         """The files `load` reads, relative to root: a shard is reused by an incremental build
         only while they are unchanged (`build/store.py`)."""

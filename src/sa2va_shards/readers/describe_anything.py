@@ -13,7 +13,8 @@ reject and is never executed.
 
 One sample = one image with all its regions (the third-party Sa2VA forks use one region per
 sample; the loader can sample). The light index reads only tar headers (member names, offsets,
-sizes); `load` reads the two members by offset, without parsing the tar again.
+sizes); `load` reads the two members by offset, without parsing the tar again. A root on an
+object store is therefore staged whole at the driver (every tar is an index file).
 
 Source id: `<SPLIT>_<id>` (the WebDataset key: the member path up to the first dot).
 """
@@ -167,6 +168,12 @@ class DescribeAnythingReader(BaseReader):
             raise ConfigError(f"{folder}: no .tar shards for split {split!r} (check "
                               "reader.root and reader.options.splits)")
         return tars
+
+    def index_files(self) -> list[str]:
+        """Every tar of the selected splits: `list_items` reads each one's headers, so a root
+        on an object store is staged whole at the driver (the tars are the dataset)."""
+        return [tar.relative_to(self.root).as_posix()
+                for split in self._split_names() for tar in self._tars(split)]
 
     def list_items(self) -> list[ItemRef]:
         """One `ItemRef` per WebDataset key: tar path and the image / pickle members' offsets

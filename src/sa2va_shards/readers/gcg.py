@@ -104,6 +104,10 @@ class GcgReader(BaseReader):
                                missing="GCG file not found (check reader.root and "
                                        "reader.options.file)")
 
+    def index_files(self) -> list[str]:
+        """The GCG file `list_items` reads."""
+        return [f"{self.annotations}/{self.file}"]
+
     def list_items(self) -> list[ItemRef]:
         """One `ItemRef` per list element (Flickr: per image), carrying its record as compact
         JSON so `load` never re-reads the file."""

@@ -32,6 +32,10 @@ class LlavaReader(BaseReader):
     def list_items(self) -> list[ItemRef]:
         return chat_items(self.root, self.file)
 
+    def index_files(self) -> list[str]:
+        """The conversation file `list_items` reads."""
+        return [self.file]
+
     def item_files(self, ref: ItemRef) -> list[str]:
         """The image an image row reads (none for a pure-text row), relative to root."""
         image = json.loads(ref.data["record"]).get("image")

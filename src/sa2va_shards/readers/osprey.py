@@ -106,6 +106,10 @@ class OspreyReader(BaseReader):
                       for i, rec in enumerate(records)]
         return sorted(items, key=lambda r: r.source_id)
 
+    def index_files(self) -> list[str]:
+        """The selected JSON files `list_items` reads."""
+        return [f"{self.annotations}/{file}" for file in self.files]
+
     def _read_image(self, file_name: str) -> tuple[str, bytes]:
         for folder in self.image_dirs:
             # checked before the lookup: a '..' name must not probe other folders either

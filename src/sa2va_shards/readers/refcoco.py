@@ -119,6 +119,10 @@ class RefCocoReader(BaseReader):
                 "objects": list(objs.values())}))  # in ref order
         return sorted(items, key=lambda r: r.source_id)
 
+    def index_files(self) -> list[str]:
+        """The refs pickle and the instances file `list_items` reads."""
+        return [self.refs_name, self.instances]
+
     def item_files(self, ref: ItemRef) -> list[str]:
         """The files `load` reads, relative to root: a shard is reused by an incremental build
         only while they are unchanged (`build/store.py`)."""

@@ -100,6 +100,10 @@ class _RefVideoReader(BaseReader):
                 items.append(bad_item(vid, e.reason, e.detail))
         return items
 
+    def index_files(self) -> list[str]:
+        """The expression file and the mask file `list_items` reads."""
+        return [self.expressions, self.masks]
+
     def _videos(self) -> dict:
         path = self.path(self.expressions)
         doc, _ = self.setup_json(self.expressions, unreadable="cannot read the expression file",

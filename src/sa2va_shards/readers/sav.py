@@ -103,6 +103,16 @@ class SavReader(BaseReader):
                 "captions": captions.get(video_id, {})}))
         return items
 
+    def index_files(self) -> list[str]:
+        """The files `list_items` opens: the Ref-SAV expression file when set (layout png: the
+        video list when set). The manual JSONs are only listed and sized here (`lstat`)."""
+        name = self.video_list if self.layout == "png" else self.expressions
+        return [name] if name is not None else []
+
+    def item_folders(self, ref: ItemRef) -> list[str]:
+        """Layout `frames`: the clip's frame folder, whose listing `item_files` names."""
+        return [f"{self.frames_dir}/{ref.source_id}"] if self.layout == "frames" else []
+
     def _expressions(self) -> tuple[dict[str, dict[str, dict]], dict[str, str]]:
         """video id -> {column index: {caption, short_caps}} from the Ref-SAV file, if set,
         and video id -> why its entry is unusable (the video is then rejected, not built
