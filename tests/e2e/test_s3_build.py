@@ -276,9 +276,9 @@ def test_gc_on_the_store_keeps_what_kept_versions_use_and_repoints_the_index(sto
 
 def test_store_to_store(store, raw, local, tmp_path):
     """Raw data and output both on the store: the same shard bytes as the local build."""
-    store.put(str(raw), "bucket/raw/coco", recursive=True)
+    store.put(str(raw), "bucket/both-raw/coco", recursive=True)
     store.invalidate_cache()
-    cfg = make_config("s3://bucket/raw/coco", "s3://bucket/both", dataset="ds",
+    cfg = make_config("s3://bucket/both-raw/coco", "s3://bucket/both", dataset="ds",
                       shards={"samples_per_shard": 3})
     result = run_build(cfg, runner="serial", progress=False)
     assert result.counts == local.counts
