@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import json
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -34,8 +36,10 @@ def store(store, tmp_path_factory):
         yield store
 
 
-def _config(name: str, fmt: str, root: str, out, options: dict, **sections):
-    return parse_config({"dataset": name, "out": str(out), "shards": {"samples_per_shard": 3},
+def _config(name: str, fmt: str, root: str, out, options: dict, per_shard: int = 3,
+            **sections):
+    return parse_config({"dataset": name, "out": str(out),
+                         "shards": {"samples_per_shard": per_shard},
                          "reader": {"format": fmt, "root": root, "options": options},
                          **sections})
 
@@ -61,11 +65,17 @@ def _counting(calls: list[str]):
     return shard_fn
 
 
-@pytest.mark.parametrize("demo", DEMO_SETS, ids=[d[0] for d in DEMO_SETS])
+#: the demo's sets, and the layouts whose shard jobs list a folder (SA-V frames) or read
+#: per-object PNGs (SA-V val / test).
+_SETS = [*DEMO_SETS, ("sav", "sav_frames", 0, (), {"layout": "frames"}),
+         ("sav", "sav_png", 0, (), {"layout": "png"})]
+
+
+@pytest.mark.parametrize("demo", _SETS, ids=[f"{d[0]}-{d[1]}" for d in _SETS])
 def test_a_root_on_the_store_builds_the_same_shards_as_on_disk(demo, store, synth, tmp_path):
     fmt, name, _, faults, options = demo
     local_root = synth(fmt, n_items=_ITEMS.get(fmt, 6), seed=3, faults=faults)
-    url = _upload(store, local_root, f"raw/{fmt}")
+    url = _upload(store, local_root, f"raw/{name}")  # a prefix per set: SA-V has three
     local = run_build(_config(name, fmt, str(local_root), tmp_path / "local", options),
                       runner="serial", progress=False)
     remote = run_build(_config(name, fmt, url, tmp_path / "remote", options),
@@ -208,3 +218,53 @@ def test_a_reader_that_does_not_declare_its_index_files_cannot_read_a_store(stor
     monkeypatch.setattr(CocoReader, "index_files", BaseReader.index_files)
     with pytest.raises(ConfigError, match="coco cannot read a root on a store"):
         reader_and_inputs(_config("u", "coco", url, "out", {}).reader)
+
+
+def test_file_names_from_the_data_stay_inside_the_staging_folder(store, synth, tmp_path,
+                                                                 monkeypatch):
+    """Names that escape the image folder or the root, or that would need an object to be a
+    folder, are rejected as on disk and never written outside a job's own folder."""
+    local_root = Path(shutil.copytree(synth("coco", n_items=6, seed=10), tmp_path / "raw"))
+    index = local_root / "annotations" / "instances.json"
+    doc = json.loads(index.read_text())
+    for img, name in zip(doc["images"], ["../annotations/instances.json",
+                                         "../../../../outside.jpg",
+                                         f"{doc['images'][3]['file_name']}/inner.jpg"],
+                         strict=False):
+        img["file_name"] = name
+    index.write_text(json.dumps(doc))
+    url = _upload(store, local_root, "raw/coco_hostile")
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    # one shard: `<image 4>/inner.jpg` is staged next to image 4 itself
+    local = run_build(_config("hostile", "coco", str(local_root), tmp_path / "a", {}, 64),
+                      runner="serial", progress=False)
+    remote = run_build(_config("hostile", "coco", url, tmp_path / "b", {}, 64),
+                       runner="serial", progress=False)
+    assert remote.built_shards == 1
+    rejects = _rows(remote.build_dir, "rejects.parquet")
+    assert len(rejects) == 3 and rejects == _rows(local.build_dir, "rejects.parquet")
+    assert _tars(remote.build_dir) == _tars(local.build_dir)
+    assert not list((tmp_path / "tmp").iterdir())
+
+
+@pytest.mark.parametrize("path,staged_as", [
+    ("images/a.jpg", "images/a.jpg"), ("images/./b/../a.jpg", "images/a.jpg"),
+    ("images/../../x.jpg", None), ("../x.jpg", None), ("/data/x.jpg", None), (".", None),
+    ("images/..", None)])
+def test_only_paths_under_the_root_are_staged(path, staged_as):
+    from sa2va_shards.build.inputs import _under_root
+
+    assert _under_root(path) == staged_as
+
+
+def test_an_object_is_known_by_its_size_and_etag_or_the_stores_checksum():
+    from sa2va_shards.build.inputs import object_identity
+
+    s3 = {"name": "b/k", "size": 5, "ETag": '"abc"', "LastModified": "today"}
+    assert object_identity(s3) == object_identity({**s3, "LastModified": "later"})
+    assert object_identity(s3) == '5\0"abc"' != object_identity({**s3, "ETag": '"abd"'})
+    assert object_identity({"size": 5, "md5Hash": "xyz", "etag": None}) == "5\0xyz"
+    plain = {"name": "b/k", "size": 5, "mtime": 1.0}  # no checksum: the whole entry
+    assert object_identity(plain) == object_identity(dict(plain))
+    assert object_identity(plain) != object_identity({**plain, "mtime": 2.0})

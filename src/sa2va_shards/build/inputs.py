@@ -31,7 +31,7 @@ import tempfile
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from sa2va_shards.atomic import atomic_write
@@ -158,20 +158,26 @@ def _under_root(path: str) -> str | None:
     return None if outside else rel
 
 
+def _parents(rel: str) -> list[str]:
+    return [p.as_posix() for p in PurePosixPath(rel).parents][:-1]  # without "."
+
+
 def _download(fs: Any, pairs: list[tuple[str, Path]]) -> list[str]:
     """Each (remote, local) pair, concurrently; each file written whole or not at all.
-    Returns the remote paths that do not exist (a missing file to the reader)."""
+    Returns the remote paths that do not exist, or cannot be a file here (names from the data
+    such as `a.jpg/b.jpg` next to `a.jpg`): a missing file to the reader."""
     def one(remote: str, local: Path) -> str | None:
         part = local.with_name(f".{local.name}.part")
         try:
+            local.parent.mkdir(parents=True, exist_ok=True)
             fs.get_file(remote, str(part))
-        except FileNotFoundError:
+            os.replace(part, local)
+        except (FileNotFoundError, FileExistsError, NotADirectoryError, IsADirectoryError):
             part.unlink(missing_ok=True)
             return remote
         except BaseException:
             part.unlink(missing_ok=True)
             raise
-        os.replace(part, local)
         return None
 
     with ThreadPoolExecutor(max_workers=_DOWNLOAD_THREADS) as pool:
@@ -249,6 +255,7 @@ def _list_folders(fs: Any, base: str, folders: Iterable[str], local: Path) -> No
     """Placeholders for the objects of each folder (what `item_files` lists), on this worker."""
     for folder in folders:
         try:
+            fs.invalidate_cache(f"{base}/{folder}")  # a worker lives across builds
             entries = fs.ls(f"{base}/{folder}", detail=True)
         except FileNotFoundError:
             continue
@@ -265,13 +272,13 @@ def _stage(cfg: BuildConfig, items: list[ItemRef], local: Path) -> None:
     reader = get_reader(dataclasses.replace(cfg.reader, root=str(local)))
     _list_folders(fs, base, sorted({rel for i in items for f in reader.item_folders(i)
                                     if (rel := _under_root(f))}), local)
-    wanted = sorted({rel for i in items for f in reader.item_files(i)
-                     if (rel := _under_root(f))})
-    for rel in wanted:
-        (local / rel).parent.mkdir(parents=True, exist_ok=True)
+    files = {rel for i in items for f in reader.item_files(i) if (rel := _under_root(f))}
+    # `a.jpg/b.jpg` next to a wanted `a.jpg` cannot exist on disk either: never a folder there
+    wanted = sorted(rel for rel in files if files.isdisjoint(_parents(rel)))
     missing = _download(fs, [(f"{base}/{rel}", local / rel) for rel in wanted])
     for remote in missing:  # a listed placeholder of an object gone since: missing too
-        (local / remote[len(base) + 1:]).unlink(missing_ok=True)
+        if (placeholder := local / remote[len(base) + 1:]).is_file():
+            placeholder.unlink()
 
 
 @contextlib.contextmanager
