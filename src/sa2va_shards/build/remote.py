@@ -19,6 +19,8 @@ small staging folder.
   later build with the same recipe key (`provenance.shard_keys`) copies that tar on the store
   (server-side: nothing computed, nothing through this machine). Versions on a store are
   self-contained copies, as a store has no hard links; a tar deleted since is built again.
+- The history of a dataset folder on a store: `store_versions` (`versions`) and
+  `collect_store_garbage` (`gc`, without a lock: folders without a card are left alone).
 """
 
 from __future__ import annotations
