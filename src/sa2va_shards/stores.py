@@ -10,7 +10,10 @@ from typing import Any
 
 from sa2va_shards.errors import ConfigError
 
-__all__ = ["cache_root", "is_url", "local_cache", "protocol_of", "store_fs"]
+__all__ = ["cache_root", "is_url", "local_cache", "object_identity", "protocol_of", "store_fs"]
+
+#: info fields that name an object's content, in order of preference (S3, GCS, Azure, ...).
+_CONTENT_TAGS = ("ETag", "etag", "md5Hash", "content_md5", "crc32c", "checksum")
 
 
 def is_url(value: Any) -> bool:
@@ -50,3 +53,14 @@ def cache_root() -> Path:
 def local_cache(kind: str, url: str) -> Path:
     """This machine's folder for one store URL: `<cache_root>/<kind>/<sha256(url)[:16]>`."""
     return cache_root() / kind / hashlib.sha256(url.rstrip("/").encode()).hexdigest()[:16]
+
+
+def object_identity(info: dict[str, Any]) -> str:
+    """`size\\0<tag>` of one object from its listing or `info()` entry: its ETag (or the
+    store's checksum field); for a store with none, a hash of the whole entry (what fsspec's
+    `ukey` hashes, without another request). New bytes give a new identity."""
+    tag = next((str(info[k]) for k in _CONTENT_TAGS if info.get(k)), None)
+    if tag is None:
+        tag = hashlib.sha256(repr(sorted(info.items(), key=str)).encode()).hexdigest()
+    return f"{info.get('size')}\0{tag}"
+

@@ -148,6 +148,25 @@ def test_a_crashed_build_is_invisible_and_resumes_from_the_store(store, raw, loc
     assert _keys(f"{url}/ds", tmp_path) == _keys(local.build_dir, tmp_path)
 
 
+def test_a_finished_shard_changed_on_the_store_is_built_again_not_resumed(store, raw, local):
+    """Same size, other bytes: resume checks the tar's identity on the store (size and
+    ETag, recorded after the upload), without downloading it."""
+    url, calls = "s3://bucket/changed", []
+    with pytest.raises(_Crash):
+        run_build(_to_store(raw, url), runner="serial", progress=False,
+                  shard_fn=_crash_after(2, calls))
+    tar = f"bucket/changed/ds/{local.version}/shards/{calls[0]}"
+    bad = bytearray(store.cat_file(tar))
+    bad[len(bad) // 2] ^= 0x10
+    store.pipe_file(tar, bytes(bad))
+    rerun: list[str] = []
+    result = run_build(_to_store(raw, url), runner="serial", progress=False,
+                       shard_fn=_crash_after(99, rerun))
+    assert result.resumed_shards == 1 and calls[0] in rerun and calls[1] not in rerun
+    assert _store_shards(store, f"bucket/changed/ds/{result.version}") == \
+        _local_shards(local.build_dir)
+
+
 @pytest.mark.parametrize("same_machine", [True, False])
 def test_a_crash_between_card_and_latest_is_finished_by_the_rerun(store, raw, local, staging,
                                                                   same_machine):

@@ -259,7 +259,7 @@ def test_only_paths_under_the_root_are_staged(path, staged_as):
 
 
 def test_an_object_is_known_by_its_size_and_etag_or_the_stores_checksum():
-    from sa2va_shards.build.inputs import object_identity
+    from sa2va_shards.stores import object_identity
 
     s3 = {"name": "b/k", "size": 5, "ETag": '"abc"', "LastModified": "today"}
     assert object_identity(s3) == object_identity({**s3, "LastModified": "later"})

@@ -2,7 +2,7 @@
 read paths (open, PyAV, glob, listdir): they stay path-based, the store is brought to them.
 
 - One listing is the input fingerprint: every object under the root by relative path with its
-  identity, `size\\0<ETag or checksum>` (`object_identity`). It is the `InputFiles` table of
+  identity, `size\\0<ETag or checksum>` (`stores.object_identity`). It is the `InputFiles` table of
   the version id and of the shard recipe keys, so new bytes (a new ETag) give a new version
   and rebuild only the shards whose items read the object. `reader.fingerprint` `stat` and
   `content` both use it on a store: an object's ETag is the store's own content identity.
@@ -21,7 +21,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
-import hashlib
 import json
 import logging
 import os
@@ -40,27 +39,15 @@ from sa2va_shards.config import BuildConfig, ReaderConfig
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.readers import Reader, get_reader
 from sa2va_shards.records import ItemRef
-from sa2va_shards.stores import is_url, local_cache, store_fs
+from sa2va_shards.stores import is_url, local_cache, object_identity, store_fs
 
-__all__ = ["StoreListing", "list_store", "object_identity", "reader_and_inputs",
+__all__ = ["StoreListing", "list_store", "reader_and_inputs",
            "staged_root", "view_folder"]
 
 log = logging.getLogger(__name__)
 
-#: info fields that name an object's content, in order of preference (S3, GCS, Azure, ...).
-_CONTENT_TAGS = ("ETag", "etag", "md5Hash", "content_md5", "crc32c", "checksum")
 #: concurrent downloads of one shard job's files.
 _DOWNLOAD_THREADS = 16
-
-
-def object_identity(info: dict[str, Any]) -> str:
-    """`size\\0<tag>` of one listed object: its ETag (or the store's checksum field); for a
-    store with none, a hash of its whole listing entry (what fsspec's `ukey` hashes, without
-    another request)."""
-    tag = next((str(info[k]) for k in _CONTENT_TAGS if info.get(k)), None)
-    if tag is None:
-        tag = hashlib.sha256(repr(sorted(info.items(), key=str)).encode()).hexdigest()
-    return f"{info.get('size')}\0{tag}"
 
 
 @dataclass(frozen=True)

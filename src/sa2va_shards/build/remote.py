@@ -13,9 +13,11 @@ small staging folder.
   here on), moves `<dataset>/latest`, then drops the sidecars and the mark. Until its card is
   on the store a version does not exist for the loader; a rerun from any machine that finds
   the card and the mark finishes the commit.
-- Resume: the results under `.progress/` whose tar is on the store with its recorded size
-  (the version id pins the code that wrote it; the loader and `verify` check every sha256).
-- Reuse: `<out>/<dataset>/store/<key>.json` is a shard's result plus where its tar is; a
+- Resume: the results under `.progress/` whose tar is on the store as it was uploaded: its
+  size and ETag, recorded after the upload (`stores.object_identity`), so changed bytes are
+  computed again without downloading anything (the loader and `verify` check every sha256).
+- Reuse: `<out>/<dataset>/store/<key>.json` is a shard's result plus where its tar is (and
+  its identity there); a
   later build with the same recipe key (`provenance.shard_keys`) copies that tar on the store
   (server-side: nothing computed, nothing through this machine). Versions on a store are
   self-contained copies, as a store has no hard links; a tar deleted since is built again.
@@ -38,7 +40,7 @@ from sa2va_shards.build.store import VERSION_NAME, GcReport, kept_versions, rena
 from sa2va_shards.errors import ConfigError
 from sa2va_shards.manifest import CARD, PROGRESS_DIR, canonical, parse_result, save_progress
 from sa2va_shards.records import ShardResult
-from sa2va_shards.stores import is_url, local_cache, store_fs
+from sa2va_shards.stores import is_url, local_cache, object_identity, store_fs
 from sa2va_shards.versions import LATEST, version_rows
 
 __all__ = ["COMMITTING", "StoreIndex", "collect_store_garbage", "commit_on_store",
@@ -75,36 +77,62 @@ def finish_shard(dest: str, path: Path, result: ShardResult) -> None:
     fs, root = store_fs(dest)
     tar = f"{root}/shards/{path.name}"
     fs.put_file(str(path), tar)
-    if fs.size(tar) != result.shard.bytes:
-        raise OSError(f"{dest}/shards/{path.name}: {fs.size(tar)} bytes on the store after "
+    info = fs.info(tar)
+    if info["size"] != result.shard.bytes:
+        raise OSError(f"{dest}/shards/{path.name}: {info['size']} bytes on the store after "
                       f"the upload, {result.shard.bytes} written")
-    fs.pipe_file(f"{root}/{PROGRESS_DIR}/{path.name}.json",
-                 canonical(dataclasses.asdict(result)))
+    fs.pipe_file(f"{root}/{PROGRESS_DIR}/{path.name}.json", _record(result, info))
+
+
+def _record(result: ShardResult, info: dict, **extra: str) -> bytes:
+    """A shard's result with the identity of its tar on the store (`object`: size and ETag,
+    `stores.object_identity`), so a later run reuses exactly those bytes."""
+    return canonical({**dataclasses.asdict(result), "object": object_identity(info), **extra})
+
+
+def _same_object(raw: bytes, info: dict | None) -> bool:
+    """Whether the tar described by `info` (None: not there) is the one the record `raw`
+    names: its identity, or for records without one its size."""
+    if info is None:
+        return False
+    doc = json.loads(raw)
+    if "object" in doc:
+        return doc["object"] == object_identity(info)
+    return info.get("size") == doc["shard"]["bytes"]
 
 
 def finished_shards(dest: str, names: set[str]) -> dict[str, ShardResult]:
     """The shards of `names` a previous run finished on the store: a result under
     `.progress/` whose tar is there with the recorded size."""
     fs, root = store_fs(dest)
-    sizes = _sizes(fs, f"{root}/shards")
+    tars = _listing(fs, f"{root}/shards")
     done = {}
-    for name, _ in sorted(_sizes(fs, f"{root}/{PROGRESS_DIR}").items()):
+    for name in sorted(_listing(fs, f"{root}/{PROGRESS_DIR}")):
         shard = name.removesuffix(".json")
         if shard not in names:
             continue
-        result = parse_result(fs.cat_file(f"{root}/{PROGRESS_DIR}/{name}"))
-        if result is not None and sizes.get(shard) == result.shard.bytes:
+        raw = fs.cat_file(f"{root}/{PROGRESS_DIR}/{name}")
+        result = parse_result(raw)
+        if result is not None and _same_object(raw, tars.get(shard)):
             done[shard] = result
     return done
 
 
-def _sizes(fs: Any, folder: str) -> dict[str, int]:
-    """File name -> size of the objects directly in `folder` (none: an empty dict)."""
+def _listing(fs: Any, folder: str) -> dict[str, dict]:
+    """File name -> listing entry of the objects directly in `folder` (none: empty)."""
     try:
         entries = fs.ls(folder, detail=True, refresh=True)
     except FileNotFoundError:
         return {}
-    return {e["name"].rsplit("/", 1)[-1]: e["size"] for e in entries if e["type"] == "file"}
+    return {e["name"].rsplit("/", 1)[-1]: e for e in entries if e["type"] == "file"}
+
+
+def _info(url: str) -> dict | None:
+    fs, path = store_fs(url)
+    try:
+        return fs.info(path)
+    except FileNotFoundError:
+        return None
 
 
 def upload_version_files(fs: Any, build_dir: Path, version: str) -> None:
@@ -176,7 +204,7 @@ class StoreIndex:
     def _meta(self, key: str) -> str:
         return f"{self.root}/store/{key}.json"
 
-    def _entry(self, key: str) -> tuple[ShardResult, str] | None:
+    def _entry(self, key: str) -> tuple[ShardResult, str, bytes] | None:
         fs, path = store_fs(self._meta(key))
         try:
             raw = fs.cat_file(path)
@@ -184,18 +212,14 @@ class StoreIndex:
         except (FileNotFoundError, ValueError, KeyError, TypeError):
             return None
         result = parse_result(raw)
-        return (result, at) if result is not None else None
+        return (result, at, raw) if result is not None else None
 
     def lookup(self, key: str) -> ShardResult | None:
-        """The recorded result of `key` if its tar is still there with its size, else None."""
+        """The recorded result of `key` if its tar is still the recorded object, else None."""
         entry = self._entry(key)
-        if entry is None:
+        if entry is None or not _same_object(entry[2], _info(entry[1])):
             return None
-        fs, path = store_fs(entry[1])
-        try:
-            return entry[0] if fs.size(path) == entry[0].shard.bytes else None
-        except FileNotFoundError:
-            return None
+        return entry[0]
 
     def has(self, key: str) -> bool:
         return self.lookup(key) is not None
@@ -215,7 +239,9 @@ class StoreIndex:
         """Record the shard this build wrote at `<dest>/shards/<file>` under `key`."""
         fs, path = store_fs(self._meta(key))
         at = f"{dest}/shards/{result.shard.file}"
-        fs.pipe_file(path, canonical({**dataclasses.asdict(result), "at": at}))
+        info = _info(at)
+        if info is not None:
+            fs.pipe_file(path, _record(result, info, at=at))
 
 
 def collect_store_garbage(dataset_url: str, *, keep_last: int, keep: Sequence[str] = (),
@@ -238,7 +264,7 @@ def collect_store_garbage(dataset_url: str, *, keep_last: int, keep: Sequence[st
     gone = sorted(v for v in cards if v not in kept)
     copies = {key: f"{dataset_url}/{v}/shards/{name}" for v in sorted(kept) if v in cards
               for name, key in cards[v].get("shard_keys", {}).items()}
-    index = _sizes(fs, f"{root}/store")
+    index = {n: e["size"] for n, e in _listing(fs, f"{root}/store").items()}
     stale = sorted(n for n in index if n.removesuffix(".json") not in copies)
     freed = sum(fs.du(f"{root}/{v}") for v in gone) + sum(index[n] for n in stale)
     if not dry_run:
@@ -264,12 +290,13 @@ def _store_latest(fs: Any, root: str) -> str | None:
 
 def _repoint(fs: Any, root: str, dataset_url: str, gone: set[str],
              copies: dict[str, str]) -> None:
-    """Index entries whose tar was in a removed version now name a kept version's copy."""
-    for name in _sizes(fs, f"{root}/store"):
-        raw = fs.cat_file(f"{root}/store/{name}")
-        entry = json.loads(raw)
+    """Index entries whose tar was in a removed version now name a kept version's copy (and
+    its identity: a copy of a multipart upload has another ETag)."""
+    for name in _listing(fs, f"{root}/store"):
+        entry = json.loads(fs.cat_file(f"{root}/store/{name}"))
         version = entry["at"].removeprefix(f"{dataset_url}/").split("/", 1)[0]
         key = name.removesuffix(".json")
-        if version in gone and key in copies:
-            fs.pipe_file(f"{root}/store/{name}", canonical({**entry, "at": copies[key]}))
-
+        info = _info(copies[key]) if version in gone and key in copies else None
+        if info is not None:
+            fs.pipe_file(f"{root}/store/{name}", canonical(
+                {**entry, "at": copies[key], "object": object_identity(info)}))
