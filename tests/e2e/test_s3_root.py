@@ -185,8 +185,8 @@ def test_the_view_holds_placeholders_and_index_files_current_with_the_store(stor
     local_root = synth("coco", n_items=6, seed=7)
     url = _upload(store, local_root, "raw/coco_view")
     cfg = _config("view", "coco", url, "out", {}).reader
-    reader, files = reader_and_inputs(cfg)
-    view = reader.root
+    with reader_and_inputs(cfg) as (reader, files):
+        view = reader.root
     index, image = "annotations/instances.json", "images/000000000002.jpg"
     size = (local_root / image).stat().st_size
     assert (Path(view) / index).read_bytes() == (local_root / index).read_bytes()
@@ -198,11 +198,13 @@ def test_the_view_holds_placeholders_and_index_files_current_with_the_store(stor
                                   for p in local_root.rglob("*") if p.is_file()}
 
     staged_at = (Path(view) / index).stat().st_mtime_ns
-    reader_and_inputs(cfg)
+    with reader_and_inputs(cfg):
+        pass
     assert (Path(view) / index).stat().st_mtime_ns == staged_at  # its ETag held: kept
     store.pipe(f"bucket/raw/coco_view/{index}", b'{"images": []}')
     store.rm(f"bucket/raw/coco_view/{image}")
-    reader, again = reader_and_inputs(cfg)
+    with reader_and_inputs(cfg) as (reader, again):
+        pass
     assert (Path(view) / index).read_bytes() == b'{"images": []}'
     assert not (Path(view) / image).exists() and image not in again.table
     assert again.fingerprint != files.fingerprint
@@ -217,7 +219,8 @@ def test_a_reader_that_does_not_declare_its_index_files_cannot_read_a_store(stor
     url = _upload(store, synth("coco", n_items=4, seed=9), "raw/coco_undeclared")
     monkeypatch.setattr(CocoReader, "index_files", BaseReader.index_files)
     with pytest.raises(ConfigError, match="coco cannot read a root on a store"):
-        reader_and_inputs(_config("u", "coco", url, "out", {}).reader)
+        with reader_and_inputs(_config("u", "coco", url, "out", {}).reader):
+            pass
 
 
 def test_file_names_from_the_data_stay_inside_the_staging_folder(store, synth, tmp_path,
@@ -268,3 +271,27 @@ def test_an_object_is_known_by_its_size_and_etag_or_the_stores_checksum():
     plain = {"name": "b/k", "size": 5, "mtime": 1.0}  # no checksum: the whole entry
     assert object_identity(plain) == object_identity(dict(plain))
     assert object_identity(plain) != object_identity({**plain, "mtime": 2.0})
+
+
+def test_another_build_of_the_root_waits_while_one_indexes(store, synth):
+    """The view is one folder per root on a machine: while one build indexes from it,
+    another build's refresh (which may replace an index file) waits for it."""
+    import threading
+
+    from sa2va_shards.build.inputs import reader_and_inputs
+
+    url = _upload(store, synth("coco", n_items=4, seed=11), "raw/coco_two")
+    cfg = _config("two", "coco", url, "out", {}).reader
+    entered = threading.Event()
+
+    def second():
+        with reader_and_inputs(cfg):
+            entered.set()
+
+    with reader_and_inputs(cfg) as (reader, _):
+        other = threading.Thread(target=second)
+        other.start()
+        assert not entered.wait(1.0)  # held while this build indexes
+        first = reader.list_items()
+    other.join(30)
+    assert entered.is_set() and first

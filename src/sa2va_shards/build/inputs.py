@@ -197,45 +197,51 @@ def _locked(folder: Path) -> Iterator[None]:
 
 
 def _refresh_view(url: str, cfg: ReaderConfig, listing: StoreListing) -> Any:
-    """The reader on the up-to-date view of `url`, its index files staged."""
+    """The reader on the up-to-date view of `url`, its index files staged (the caller holds
+    the view's lock)."""
     folder = view_folder(url)
-    with _locked(folder):
-        tree, record = folder / "tree", folder / "staged.json"
-        staged = json.loads(record.read_text()) if record.is_file() else {}
-        tree.mkdir(exist_ok=True)
-        _sync_tree(tree, listing, staged)
-        reader = get_reader(dataclasses.replace(cfg, root=str(tree)))
-        fs, base = _store(url)
-        wanted = {rel for p in _index_files(reader, cfg.format)
-                  if (rel := _under_root(p)) in listing.identities
-                  and staged.get(rel) != listing.identities[rel]}
-        gone = _download(fs, [(f"{base}/{rel}", tree / rel) for rel in sorted(wanted)])
-        if gone:  # removed since the listing: its placeholder must never be read
-            raise ConfigError(f"reader.root: {url}: {gone[0]} was removed during the build; "
-                              "rerun")
-        staged.update({rel: listing.identities[rel] for rel in wanted})
-        atomic_write(record, json.dumps(staged, sort_keys=True).encode())
+    tree, record = folder / "tree", folder / "staged.json"
+    staged = json.loads(record.read_text()) if record.is_file() else {}
+    tree.mkdir(exist_ok=True)
+    _sync_tree(tree, listing, staged)
+    reader = get_reader(dataclasses.replace(cfg, root=str(tree)))
+    fs, base = _store(url)
+    wanted = {rel for p in _index_files(reader, cfg.format)
+              if (rel := _under_root(p)) in listing.identities
+              and staged.get(rel) != listing.identities[rel]}
+    gone = _download(fs, [(f"{base}/{rel}", tree / rel) for rel in sorted(wanted)])
+    if gone:  # removed since the listing: its placeholder must never be read
+        raise ConfigError(f"reader.root: {url}: {gone[0]} was removed during the build; "
+                          "rerun")
+    staged.update({rel: listing.identities[rel] for rel in wanted})
+    atomic_write(record, json.dumps(staged, sort_keys=True).encode())
     log.info("%s: %d objects listed, %d index files downloaded to %s", url,
              len(listing.identities), len(wanted), tree)
     return reader
 
 
-def reader_and_inputs(cfg: ReaderConfig) -> tuple[Reader, InputFiles]:
-    """The driver's reader for `cfg` and the identity of every input file (`InputFiles`).
+@contextlib.contextmanager
+def reader_and_inputs(cfg: ReaderConfig) -> Iterator[tuple[Reader, InputFiles]]:
+    """The driver's reader for `cfg` and the identity of every input file (`InputFiles`), for
+    the block that indexes with them (`list_items`, `item_files`).
 
     A local root: the reader on it and a walk of it (`provenance.input_files`). A root on a
-    store: one listing gives the identities (`object_identity`: the ETag, whatever
-    `reader.fingerprint` says), the reader runs on the view, index files staged.
+    store: one listing gives the identities (`stores.object_identity`: the ETag, whatever
+    `reader.fingerprint` says), the reader runs on the view, index files staged; the view's
+    lock is held for the block, so another build of the root on this machine cannot change
+    the files this one indexes.
 
     Raises:
         ConfigError: the store cannot be listed or is empty, or the reader declares no
             `index_files`.
     """
     if not is_url(cfg.root):
-        return get_reader(cfg), input_files(cfg.root, cfg.fingerprint)
+        yield get_reader(cfg), input_files(cfg.root, cfg.fingerprint)
+        return
     listing = list_store(cfg.root)
-    reader = _refresh_view(cfg.root, cfg, listing)
-    return reader, InputFiles(root=cfg.root, mode=cfg.fingerprint, table=listing.identities)
+    with _locked(view_folder(cfg.root)):
+        reader = _refresh_view(cfg.root, cfg, listing)
+        yield reader, InputFiles(root=cfg.root, mode=cfg.fingerprint, table=listing.identities)
 
 
 def _list_folders(fs: Any, base: str, folders: Iterable[str], local: Path) -> None:

@@ -181,31 +181,38 @@ def run_build(cfg: BuildConfig, *, runner: str | Runner = "ray",
     t0 = time.perf_counter()
     cfg = dataclasses.replace(cfg, out=build_location(cfg.out, "out"))  # `--out` skips the parse
     _check_store(cfg.out) if is_url(cfg.out) else _check_out(cfg.out)
-    reader, files = reader_and_inputs(cfg.reader)  # a root on a store: read through a view
-    items, partial = _apply_limit(reader.list_items(), limit)
-    fingerprint = input_fingerprint(items)
-    version = (version_id(cfg, fingerprint, code=code_id(), files=files.fingerprint)
-               + (f"-first{partial['limit']}" if partial else ""))
+    work, fingerprints, version, partial = _index(cfg, limit)
     out = _output(cfg, version)
     t_index = time.perf_counter() - t0
-    plans, plan_rejects = plan_shards(items, dataset=cfg.dataset,
-                                      samples_per_shard=cfg.shards.samples_per_shard)
-    keys = shard_keys(plans, cfg, reader, files)
     log.info("%s: %d inputs indexed in %.1f s -> %d shards, version %s%s", cfg.dataset,
-             len(items), t_index, len(plans), version,
+             sum(len(p.items) for p in work.plans) + len(work.rejects), t_index,
+             len(work.plans), version,
              f" (partial: first {limit} of {partial['inputs_available']})" if partial else "")
-    del items  # the plans hold what the tasks need
     run = _Run(runner=runner, shard_fn=shard_fn, address=address, num_cpus=num_cpus,
                cpus_per_task=cpus_per_task, resume=resume, progress=progress,
                log_json=log_json, partial=partial)
     try:
         # shared: builds run side by side; `gc` waits for none and removes nothing they use
         with store_lock(out.build_dir.parent, exclusive=False), _build_lock(out.build_dir):
-            return _build_locked(cfg, _Work(plans, plan_rejects, keys),
-                                 (fingerprint, files.fingerprint), version, out, t0,
-                                 t_index, run)
+            return _build_locked(cfg, work, fingerprints, version, out, t0, t_index, run)
     except (FileExistsError, NotADirectoryError, PermissionError) as e:
         raise ConfigError(f"out: cannot write {out.dest}: {type(e).__name__}: {e}") from e
+
+
+def _index(cfg: BuildConfig, limit: int | None
+           ) -> tuple[_Work, tuple[str, str], str, dict | None]:
+    """Index the inputs, pin the version id, plan the shards and their recipe keys: the
+    plan, the (items, files) fingerprints, the version and the `--limit` note."""
+    with reader_and_inputs(cfg.reader) as (reader, files):  # a root on a store: its view
+        items, partial = _apply_limit(reader.list_items(), limit)
+        fingerprint = input_fingerprint(items)
+        version = (version_id(cfg, fingerprint, code=code_id(), files=files.fingerprint)
+                   + (f"-first{partial['limit']}" if partial else ""))
+        plans, plan_rejects = plan_shards(items, dataset=cfg.dataset,
+                                          samples_per_shard=cfg.shards.samples_per_shard)
+        keys = shard_keys(plans, cfg, reader, files)
+    return (_Work(plans, plan_rejects, keys), (fingerprint, files.fingerprint), version,
+            partial)
 
 
 @dataclass(frozen=True)
