@@ -48,7 +48,7 @@ def publish(build_dir: str | Path, url: str) -> PublishReport:
         raise ConfigError(f"{url}: not an object-store URL (s3://, gs://, ...); a local copy "
                           "is a plain copy of the version folder")
     fs, root = store_fs(url)
-    version = f"{root.rstrip('/')}/{card['dataset']}/{card['version']}"
+    version = f"{root}/{card['dataset']}/{card['version']}"
     try:
         uploaded, there = _shards(fs, build_dir, version)
         latest = not card.get("partial") and read_latest(build_dir.parent) == card["version"]

@@ -25,8 +25,9 @@ def is_url(value: Any) -> bool:
 
 
 def store_fs(url: str) -> tuple[Any, str]:
-    """(fsspec filesystem, path inside it) for `url`; credentials and endpoints come from the
-    environment and fsspec's config, as for any fsspec user (AWS_*, ~/.aws, fsspec.conf).
+    """(fsspec filesystem, path inside it without a trailing `/`) for `url`; credentials and
+    endpoints come from the environment and fsspec's config, as for any fsspec user (AWS_*,
+    ~/.aws, fsspec.conf).
 
     Raises:
         ConfigError: an unknown protocol, or its package not installed.
@@ -34,10 +35,11 @@ def store_fs(url: str) -> tuple[Any, str]:
     import fsspec
 
     try:
-        return fsspec.core.url_to_fs(url)
+        fs, path = fsspec.core.url_to_fs(url)
     except (ValueError, ImportError) as e:
         raise ConfigError(f"{url}: cannot open this store ({type(e).__name__}: {e}); "
                           "install its fsspec package (s3fs for s3://, gcsfs for gs://)") from e
+    return fs, path.rstrip("/")
 
 
 def protocol_of(fs: Any) -> str:

@@ -59,11 +59,6 @@ class StoreListing:
     folders: frozenset[str]
 
 
-def _store(url: str) -> tuple[Any, str]:
-    fs, path = store_fs(url)
-    return fs, path.rstrip("/")
-
-
 def _relative(name: str, base: str) -> str | None:
     """`name` relative to `base`, or None when it cannot be a path under a local folder
     (`..`, empty or `.` segments: S3 keys may hold them)."""
@@ -78,7 +73,7 @@ def list_store(url: str) -> StoreListing:
         ConfigError: the store cannot be listed (no such bucket, no credentials, ...), or
             nothing is there: one line, before anything is written.
     """
-    fs, base = _store(url)
+    fs, base = store_fs(url)
     try:
         fs.invalidate_cache(base)  # a long-lived process must see today's objects
         found = fs.find(base, detail=True, withdirs=True)
@@ -205,7 +200,7 @@ def _refresh_view(url: str, cfg: ReaderConfig, listing: StoreListing) -> Any:
     tree.mkdir(exist_ok=True)
     _sync_tree(tree, listing, staged)
     reader = get_reader(dataclasses.replace(cfg, root=str(tree)))
-    fs, base = _store(url)
+    fs, base = store_fs(url)
     wanted = {rel for p in _index_files(reader, cfg.format)
               if (rel := _under_root(p)) in listing.identities
               and staged.get(rel) != listing.identities[rel]}
@@ -261,7 +256,7 @@ def _list_folders(fs: Any, base: str, folders: Iterable[str], local: Path) -> No
 
 def _stage(cfg: BuildConfig, items: list[ItemRef], local: Path) -> None:
     """Download every file `items` read (the reader's `item_files`) under `local`."""
-    fs, base = _store(cfg.reader.root)
+    fs, base = store_fs(cfg.reader.root)
     reader = get_reader(dataclasses.replace(cfg.reader, root=str(local)))
     _list_folders(fs, base, sorted({rel for i in items for f in reader.item_folders(i)
                                     if (rel := _under_root(f))}), local)

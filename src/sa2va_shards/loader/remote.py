@@ -39,7 +39,6 @@ def mirror(url: str, cache_dir: str | Path) -> Path:
             folder with `latest`.
     """
     fs, root = store_fs(url)
-    root = root.rstrip("/")
     try:
         if not fs.exists(f"{root}/dataset.json"):
             if not fs.exists(f"{root}/latest"):
